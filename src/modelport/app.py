@@ -1,0 +1,58 @@
+"""create_app(settings) -> FastAPI: routers, middleware, lifespan; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from modelport import __version__
+from modelport.datasets.router import router as datasets_router
+from modelport.http.errors import install_error_handlers
+from modelport.http.middleware import RequestContextMiddleware
+from modelport.monitoring.health import router as health_router
+from modelport.monitoring.logs import configure_logging
+from modelport.monitoring.router import router as predictions_router
+from modelport.registry.router import router as registry_router
+from modelport.services import Services
+from modelport.serving.router import router as serving_router
+from modelport.settings import Settings, load_settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.build(settings)
+        app.state.services = services
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="modelport",
+        version=__version__,
+        description="Serve trained models: validated REST predictions, a model registry and "
+        "an audit log of every prediction.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    install_error_handlers(app)
+    for router in (
+        health_router,
+        serving_router,
+        registry_router,
+        datasets_router,
+        predictions_router,
+    ):
+        app.include_router(router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Entry point for ``uvicorn --factory`` (each worker process builds its own app)."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

@@ -1,0 +1,173 @@
+"""The ``modelport`` command: serve, db, train-wine, models, builtins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from modelport.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="modelport: serve trained models.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+builtins_app = typer.Typer(help="The built-in models.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(builtins_app, name="builtins")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        typer.echo(f"modelport: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"modelport: {message}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [MODELPORT_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [MODELPORT_PORT]")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes [MODELPORT_WORKERS]")
+    ] = None,
+) -> None:
+    """Upgrade the database schema, then serve the API."""
+    import uvicorn
+
+    from modelport.db.migrate import upgrade
+    from modelport.monitoring.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    uvicorn.run(
+        "modelport.app:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_config=None,
+        access_log=False,  # our middleware writes the access log, with request ids
+        timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    from modelport.db.migrate import upgrade
+
+    settings = _settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database at revision {revision}")
+
+
+@app.command("train-wine")
+def train_wine(
+    data: Annotated[Path, typer.Option(help="UCI winequality-red.csv (';' or ',' separated)")],
+    name: Annotated[str, typer.Option(help="Model name to register under")] = "wine-quality",
+) -> None:
+    """Train the wine-quality model on DATA and register it as the production version."""
+    settings = _settings()
+    version = asyncio.run(_train_and_register(settings, data, name))
+    typer.echo(version)
+
+
+async def _train_and_register(settings: Settings, data: Path, name: str) -> str:
+    from modelport.builtin.wine import WineDataError, read_wine_csv, register_wine
+    from modelport.builtin.wine import train_wine as fit
+    from modelport.registry.artifacts import open_artifact_store
+    from modelport.registry.tables import ModelVersion
+
+    try:
+        wine = read_wine_csv(data)
+    except WineDataError as exc:
+        raise _fail(str(exc)) from None
+    trained = await asyncio.to_thread(fit, wine)
+    store = open_artifact_store(settings.artifact_store)
+
+    async def register(session: AsyncSession) -> ModelVersion:
+        version = await register_wine(session, store, trained, name)
+        await session.commit()
+        return version
+
+    version = await _in_session(settings, register)
+    mae, r2 = trained.metrics["holdout_mae"], trained.metrics["holdout_r2"]
+    return f"registered {name} v{version.version} -> production (MAE {mae:.3f}, R² {r2:.3f})"
+
+
+@builtins_app.command("install")
+def builtins_install() -> None:
+    """Train and register the built-in models that are not registered yet."""
+    from modelport.builtin.wine import WINE_MODEL_NAME
+    from modelport.builtin.wine_data import WineDataUnavailableError, locate_wine_csv
+
+    settings = _settings()
+    if WINE_MODEL_NAME in asyncio.run(_model_names(settings)):
+        typer.echo(f"{WINE_MODEL_NAME}: already registered")
+        return
+    try:
+        data = locate_wine_csv(settings)
+    except WineDataUnavailableError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"{WINE_MODEL_NAME}: training on {data}")
+    typer.echo(asyncio.run(_train_and_register(settings, data, WINE_MODEL_NAME)))
+
+
+async def _model_names(settings: Settings) -> list[str]:
+    from modelport.registry.service import list_models
+
+    return [model.name for model in await _in_session(settings, list_models)]
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Print every registered model with its latest version and aliases."""
+    from modelport.registry.schemas import ModelOut
+    from modelport.registry.service import list_models
+
+    models = [ModelOut.of(m) for m in asyncio.run(_in_session(_settings(), list_models))]
+    if not models:
+        typer.echo("no models registered; run `make run` or `modelport train-wine --data PATH`")
+        return
+    for model in models:
+        aliases = ", ".join(f"{a}->v{v}" for a, v in sorted(model.aliases.items())) or "-"
+        typer.echo(f"{model.name}\tlatest v{model.latest_version}\t{model.task}\t{aliases}")
+
+
+async def _in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one session on an up-to-date schema, then close the engine."""
+    from modelport.db.engine import create_engine, create_session_factory
+    from modelport.db.migrate import upgrade
+
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(upgrade, settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_session_factory(engine)() as session:
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    app(prog_name="modelport")

@@ -1,0 +1,1 @@
+"""Registered tabular datasets, stored row by row in SQL."""

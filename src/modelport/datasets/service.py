@@ -1,0 +1,77 @@
+"""Register datasets and page through their rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelport.datasets.tables import Dataset, DatasetRow
+from modelport.errors import NotFoundError
+
+_INSERT_CHUNK = 1000
+
+
+async def find_by_sha256(session: AsyncSession, sha256: str) -> Dataset | None:
+    return await session.scalar(select(Dataset).where(Dataset.sha256 == sha256).limit(1))
+
+
+async def register_dataset(
+    session: AsyncSession,
+    *,
+    name: str,
+    columns: list[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    splits: Sequence[str | None],
+    source: str,
+    sha256: str,
+    description: str = "",
+) -> Dataset:
+    """Store the dataset and all its rows in one transaction (the caller commits)."""
+    dataset = Dataset(
+        name=name,
+        description=description,
+        columns=columns,
+        row_count=len(rows),
+        source=source,
+        sha256=sha256,
+    )
+    session.add(dataset)
+    await session.flush()
+    payload = [
+        {"dataset_id": dataset.id, "row_index": i, "split": split, "values": row}
+        for i, (row, split) in enumerate(zip(rows, splits, strict=True))
+    ]
+    for start in range(0, len(payload), _INSERT_CHUNK):
+        await session.execute(insert(DatasetRow), payload[start : start + _INSERT_CHUNK])
+    return dataset
+
+
+async def find_by_name(session: AsyncSession, name: str) -> Dataset | None:
+    return await session.scalar(select(Dataset).where(Dataset.name == name))
+
+
+async def get_dataset(session: AsyncSession, name: str) -> Dataset:
+    dataset = await find_by_name(session, name)
+    if dataset is None:
+        raise NotFoundError(f"dataset {name!r} not found")
+    return dataset
+
+
+async def list_datasets(session: AsyncSession) -> list[Dataset]:
+    return list(await session.scalars(select(Dataset).order_by(Dataset.name)))
+
+
+async def get_rows(
+    session: AsyncSession, dataset: Dataset, offset: int, limit: int
+) -> list[DatasetRow]:
+    result = await session.scalars(
+        select(DatasetRow)
+        .where(DatasetRow.dataset_id == dataset.id)
+        .order_by(DatasetRow.row_index)
+        .offset(offset)
+        .limit(limit)
+    )
+    return list(result)

@@ -1,0 +1,36 @@
+"""Alembic environment: runs migrations through the app's own async engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+# Every domain's tables, so the metadata Alembic compares against is complete.
+from modelport.datasets import tables as _datasets  # noqa: F401
+from modelport.db.base import Base
+from modelport.db.engine import create_engine
+from modelport.monitoring import tables as _monitoring  # noqa: F401
+from modelport.registry import tables as _registry  # noqa: F401
+
+target_metadata = Base.metadata
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+asyncio.run(_run_async(context.config.attributes["database_url"]))

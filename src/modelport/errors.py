@@ -1,0 +1,55 @@
+"""Errors a user can act on. Each carries the HTTP status it maps to and a plain message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ModelportError(Exception):
+    status_code = 500
+    kind = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def detail(self) -> Any:
+        return self.message
+
+
+class NotFoundError(ModelportError):
+    status_code = 404
+    kind = "not_found"
+
+
+class InvalidInputError(ModelportError):
+    """The request is understood but its content breaks a rule; ``errors`` name field and rule."""
+
+    status_code = 422
+    kind = "invalid_input"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [{"loc": ["body"], "msg": message, "type": "value_error"}]
+
+    def detail(self) -> Any:
+        return self.errors
+
+
+class PayloadTooLargeError(ModelportError):
+    status_code = 413
+    kind = "payload_too_large"
+
+    def detail(self) -> Any:
+        return [{"loc": ["body"], "msg": self.message, "type": "too_large"}]
+
+
+class ModelUnavailableError(ModelportError):
+    """The model exists but cannot be served right now (artifact missing, corrupt or unloadable)."""
+
+    status_code = 503
+    kind = "model_unavailable"
+
+
+class ArtifactIntegrityError(ModelUnavailableError):
+    kind = "artifact_integrity"

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every route: middleware and error responses."""

@@ -1,0 +1,34 @@
+"""Every error leaves as JSON ``{"detail": ...}`` with a message a user can act on."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from modelport.errors import ModelportError
+from modelport.http.middleware import BodyTooLargeError, too_large_detail
+
+logger = logging.getLogger(__name__)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ModelportError)
+    async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
+        if exc.status_code >= 500:
+            logger.error("request failed", extra={"kind": exc.kind, "error": exc.message})
+        return JSONResponse({"detail": exc.detail()}, status_code=exc.status_code)
+
+    @app.exception_handler(BodyTooLargeError)
+    async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
+        return JSONResponse({"detail": too_large_detail(exc.limit)}, status_code=413)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        request_id = getattr(request.state, "request_id", "")
+        return JSONResponse(
+            {"detail": f"internal error; quote request id {request_id} when reporting it"},
+            status_code=500,
+        )

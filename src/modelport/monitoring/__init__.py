@@ -1,0 +1,1 @@
+"""Prediction log, health probes, logging."""

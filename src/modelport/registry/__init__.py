@@ -1,0 +1,1 @@
+"""Models, versions, aliases and the artifact store behind them."""

@@ -1,0 +1,81 @@
+"""Content-addressed artifact storage; every read is checked against the recorded sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+class ArtifactStore(Protocol):
+    def put(self, data: bytes, suffix: str = "") -> StoredArtifact: ...
+
+    def open_verified(self, uri: str, sha256: str) -> bytes: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class LocalArtifactStore:
+    """Files under ``root/sha256/<2 hex>/<hex><suffix>``; identical content is stored once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def put(self, data: bytes, suffix: str = "") -> StoredArtifact:
+        digest = sha256_hex(data)
+        path = self.root / "sha256" / digest[:2] / f"{digest}{suffix}"
+        if not (path.exists() and sha256_hex(path.read_bytes()) == digest):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write to a temporary file and rename so a crash never leaves half an artifact.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        return StoredArtifact(uri=path.as_uri(), sha256=digest, size_bytes=len(data))
+
+    def open_verified(self, uri: str, sha256: str) -> bytes:
+        path = self._path_of(uri)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ModelUnavailableError(
+                f"artifact {uri} is missing from the store; re-register this model version"
+            ) from None
+        actual = sha256_hex(data)
+        if actual != sha256:
+            raise ArtifactIntegrityError(
+                f"artifact {uri} failed its sha256 check (expected {sha256}, found {actual}); "
+                "it was changed after registration and will not be served"
+            )
+        return data
+
+    def _path_of(self, uri: str) -> Path:
+        parts = urlsplit(uri)
+        path = Path(unquote(parts.path)).resolve()
+        if parts.scheme != "file" or not path.is_relative_to(self.root):
+            raise ModelUnavailableError(f"artifact {uri} is not inside this store ({self.root})")
+        return path
+
+
+def open_artifact_store(store_uri: str) -> ArtifactStore:
+    parts = urlsplit(store_uri)
+    if parts.scheme == "file":
+        return LocalArtifactStore(Path(unquote(parts.path)))
+    raise ValueError(f"unsupported artifact store {store_uri!r}; use file:///absolute/path")

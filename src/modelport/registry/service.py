@@ -1,0 +1,150 @@
+"""Registry logic: create versions, move aliases, resolve a name to one servable version."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from modelport.errors import NotFoundError
+from modelport.registry.artifacts import ArtifactStore
+from modelport.registry.tables import Model, ModelAlias, ModelVersion
+from modelport.runtimes.signature import Signature
+
+DEFAULT_ALIAS = "production"
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """Everything needed to load and serve one model version, detached from the session."""
+
+    model_name: str
+    version: int
+    version_id: uuid.UUID
+    artifact_uri: str
+    sha256: str
+    flavor: str
+    signature: Signature
+
+
+def _ref(model: Model, version: ModelVersion) -> VersionRef:
+    return VersionRef(
+        model_name=model.name,
+        version=version.version,
+        version_id=version.id,
+        artifact_uri=version.artifact_uri,
+        sha256=version.sha256,
+        flavor=version.flavor,
+        signature=Signature.model_validate(version.signature),
+    )
+
+
+async def get_model(session: AsyncSession, name: str) -> Model:
+    model = await session.scalar(
+        select(Model)
+        .where(Model.name == name)
+        .options(selectinload(Model.versions), selectinload(Model.aliases))
+    )
+    if model is None:
+        raise NotFoundError(f"model {name!r} not found")
+    return model
+
+
+async def list_models(session: AsyncSession) -> list[Model]:
+    result = await session.scalars(
+        select(Model)
+        .order_by(Model.name)
+        .options(selectinload(Model.versions), selectinload(Model.aliases))
+    )
+    return list(result)
+
+
+def find_version(model: Model, number: int) -> ModelVersion:
+    for version in model.versions:
+        if version.version == number:
+            return version
+    raise NotFoundError(f"model {model.name!r} has no version {number}")
+
+
+async def resolve(
+    session: AsyncSession, name: str, version: int | None = None, alias: str | None = None
+) -> VersionRef:
+    """An explicit version wins; otherwise the alias (``production`` by default)."""
+    model = await get_model(session, name)
+    if version is not None:
+        return _ref(model, find_version(model, version))
+    wanted = alias or DEFAULT_ALIAS
+    for candidate in model.aliases:
+        if candidate.alias == wanted:
+            chosen = next(v for v in model.versions if v.id == candidate.version_id)
+            return _ref(model, chosen)
+    raise NotFoundError(f"model {name!r} has no alias {wanted!r}")
+
+
+async def production_refs(session: AsyncSession) -> list[VersionRef]:
+    """The versions every ``production`` alias points at: what start-up preloads."""
+    rows = await session.execute(
+        select(Model, ModelVersion)
+        .join(ModelAlias, ModelAlias.model_id == Model.id)
+        .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
+        .where(ModelAlias.alias == DEFAULT_ALIAS)
+    )
+    return [_ref(model, version) for model, version in rows]
+
+
+async def register_version(
+    session: AsyncSession,
+    store: ArtifactStore,
+    *,
+    model_name: str,
+    task: str,
+    artifact: bytes,
+    artifact_suffix: str,
+    flavor: str,
+    signature: Signature,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+    model_description: str = "",
+    alias: str | None = DEFAULT_ALIAS,
+) -> ModelVersion:
+    """Store the artifact, add the next version number and optionally point ``alias`` at it."""
+    stored = store.put(artifact, artifact_suffix)
+    model = await session.scalar(select(Model).where(Model.name == model_name))
+    if model is None:
+        model = Model(name=model_name, task=task, description=model_description)
+        session.add(model)
+        await session.flush()
+    latest = await session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id)
+    )
+    version = ModelVersion(
+        model_id=model.id,
+        version=(latest or 0) + 1,
+        artifact_uri=stored.uri,
+        sha256=stored.sha256,
+        size_bytes=stored.size_bytes,
+        flavor=flavor,
+        signature=signature.model_dump(mode="json"),
+        metrics=metrics,
+        details=details,
+    )
+    session.add(version)
+    await session.flush()
+    if alias:
+        await set_alias(session, model.id, alias, version.id)
+    return version
+
+
+async def set_alias(
+    session: AsyncSession, model_id: uuid.UUID, alias: str, version_id: uuid.UUID
+) -> None:
+    existing = await session.get(ModelAlias, (model_id, alias))
+    if existing is None:
+        session.add(ModelAlias(model_id=model_id, alias=alias, version_id=version_id))
+    else:
+        existing.version_id = version_id
+    await session.flush()

@@ -1,0 +1,85 @@
+"""The long-lived parts one app process shares: engine, store, caches, log writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from modelport.db.engine import create_engine, create_session_factory
+from modelport.monitoring.prediction_log import PredictionLogWriter
+from modelport.registry import service as registry
+from modelport.registry.artifacts import ArtifactStore, open_artifact_store
+from modelport.serving.model_cache import ModelCache
+from modelport.serving.resolver import VersionResolver
+from modelport.serving.service import PredictionService
+from modelport.settings import Settings
+
+logger = logging.getLogger(__name__)
+PRELOAD_RETRY_SECONDS = 5.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    store: ArtifactStore
+    models: ModelCache
+    resolver: VersionResolver
+    prediction_log: PredictionLogWriter
+    predictions: PredictionService
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        engine = create_engine(settings.database_url)
+        session_factory = create_session_factory(engine)
+        store = open_artifact_store(settings.artifact_store)
+        models = ModelCache(store, settings.inference_threads)
+        resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
+        log = PredictionLogWriter(
+            session_factory,
+            spool_path=settings.prediction_log_spool,
+            buffer_size=settings.prediction_log_buffer,
+            batch_size=settings.prediction_log_batch,
+            flush_interval=settings.prediction_log_flush_seconds,
+        )
+        predictions = PredictionService(resolver, models, log, settings.max_batch_rows)
+        return cls(settings, engine, session_factory, store, models, resolver, log, predictions)
+
+    async def start(self) -> None:
+        self.prediction_log.start()
+        self._tasks.append(asyncio.create_task(self._preload_production(), name="preload"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.prediction_log.close(self.settings.shutdown_flush_seconds)
+        await self.engine.dispose()
+
+    async def _preload_production(self) -> None:
+        """Load every ``production`` version; retry while the database or store is away."""
+        while True:
+            try:
+                async with self.session_factory() as session:
+                    refs = await registry.production_refs(session)
+            except Exception as exc:
+                logger.warning("preloading models failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(PRELOAD_RETRY_SECONDS)
+                continue
+            for ref in refs:
+                try:
+                    await self.models.get(ref)
+                except Exception as exc:  # one broken model must not keep the others out
+                    logger.error(
+                        "could not load model",
+                        extra={"model": ref.model_name, "version": ref.version, "error": str(exc)},
+                    )
+            logger.info("preloaded production models", extra={"models": len(self.models.loaded())})
+            return

@@ -1,0 +1,1 @@
+"""The prediction path: resolve a version, validate rows, run the model, log the call."""

@@ -1,0 +1,25 @@
+"""API shapes for predictions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class WinePredictionOut(BaseModel):
+    predicted_quality: float = Field(description="Predicted quality score, 0-10", examples=[5.4])
+    model_version: str = Field(examples=["1"])
+    timestamp: datetime
+
+
+class PredictionsOut(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[dict[str, Any]] = Field(
+        description="One object per input row, keyed by output name",
+        examples=[[{"predicted_quality": 5.4}]],
+    )
+    processing_time_ms: float
+    request_id: str

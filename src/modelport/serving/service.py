@@ -1,0 +1,124 @@
+"""One prediction from body bytes to named outputs, logged whether it succeeds or not."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import numpy as np
+
+from modelport.errors import ModelportError, ModelUnavailableError
+from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
+from modelport.registry.service import VersionRef
+from modelport.runtimes.signature import Signature
+from modelport.serving.model_cache import ModelCache
+from modelport.serving.resolver import VersionResolver
+from modelport.serving.validation import extract_rows, parse_json_body, validate_rows
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    model_name: str
+    model_version: str
+    predictions: list[dict[str, Any]]
+    processing_time_ms: float
+    request_id: str
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which model to use: a name plus an explicit version or an alias (default production)."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+
+class PredictionService:
+    def __init__(
+        self,
+        resolver: VersionResolver,
+        cache: ModelCache,
+        log: PredictionLogWriter,
+        max_batch_rows: int,
+    ) -> None:
+        self._resolver = resolver
+        self._cache = cache
+        self._log = log
+        self._max_batch_rows = max_batch_rows
+
+    async def predict(
+        self, target: Target, body: bytes, request_id: str, *, allow_batch: bool = True
+    ) -> PredictionResult:
+        started = time.perf_counter()
+        payload: Any = None
+        ref: VersionRef | None = None
+        try:
+            payload = parse_json_body(body)
+            ref = await self._resolver.resolve(target.name, target.version, target.alias)
+            rows = extract_rows(payload, self._max_batch_rows, allow_batch=allow_batch)
+            features = validate_rows(ref.signature, rows)
+            model = await self._cache.get(ref)
+            raw = await anyio.to_thread.run_sync(model.runtime.predict, features)
+            predictions = postprocess(ref.signature, raw, len(rows.items))
+        except ModelportError as exc:
+            status = "invalid_input" if exc.status_code in (413, 422) else "error"
+            self._record(target, ref, payload, None, started, request_id, status, exc.message)
+            raise
+        except Exception as exc:
+            self._record(target, ref, payload, None, started, request_id, "error", repr(exc))
+            raise ModelUnavailableError(f"the model failed to run on this input: {exc}") from exc
+        elapsed_ms = self._record(
+            target, ref, payload, predictions, started, request_id, "success", None
+        )
+        return PredictionResult(
+            model_name=ref.model_name,
+            model_version=str(ref.version),
+            predictions=predictions,
+            processing_time_ms=elapsed_ms,
+            request_id=request_id,
+            timestamp=datetime.now(UTC),
+        )
+
+    def _record(
+        self,
+        target: Target,
+        ref: VersionRef | None,
+        inputs: Any,
+        outputs: Any,
+        started: float,
+        request_id: str,
+        status: str,
+        error: str | None,
+    ) -> float:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._log.record(
+            LogEntry(
+                request_id=request_id,
+                model_name=target.name,
+                model_version=str(ref.version) if ref else None,
+                inputs=inputs,
+                outputs=outputs,
+                latency_ms=round(elapsed_ms, 3),
+                status=status,
+                error=error,
+            )
+        )
+        return elapsed_ms
+
+
+def postprocess(signature: Signature, raw: np.ndarray, n_rows: int) -> list[dict[str, Any]]:
+    """Name each output value and clip it into the bounds the signature declares."""
+    values = np.asarray(raw, dtype=np.float64).reshape(n_rows, -1)
+    rows: list[dict[str, Any]] = [{} for _ in range(n_rows)]
+    for column, spec in enumerate(signature.outputs):
+        column_values = values[:, column]
+        if spec.minimum is not None or spec.maximum is not None:
+            column_values = np.clip(column_values, spec.minimum, spec.maximum)
+        for row, value in zip(rows, column_values.tolist(), strict=True):
+            row[spec.name] = value
+    return rows
