@@ -7,13 +7,14 @@ When it is unreachable the PostgreSQL half is skipped locally and *fails* when C
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine, read_wine_csv, train_wine
@@ -21,7 +22,7 @@ from modelport.db.base import Base
 from modelport.db.engine import create_engine
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
-from tests.helpers import register_trained, run, wait_until_ready
+from tests.helpers import register_trained, run, settings_for, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WINE_CSV = (
@@ -49,12 +50,12 @@ def _postgres_reachable(url: str) -> bool:
     return bool(run(probe()))
 
 
-async def _reset_postgres(url: str) -> None:
+async def _admin_execute(url: str, statement: str) -> None:
     engine = create_engine(url)
     try:
-        async with engine.begin() as connection:
-            await connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-            await connection.execute(text("CREATE SCHEMA public"))
+        async with engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text(statement))
     finally:
         await engine.dispose()
 
@@ -74,15 +75,21 @@ async def _empty_tables(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
+    """A scratch database created through MODELPORT_TEST_DATABASE_URL for this pytest run, so
+    concurrent runs on one server never see each other's rows; dropped at the end."""
     if not _postgres_reachable(POSTGRES_URL):
         message = f"PostgreSQL is not reachable at {POSTGRES_URL}"
         if IN_CI:
             pytest.fail(message + " (CI=true: the PostgreSQL half of the suite must run)")
         pytest.skip(message)
-    run(_reset_postgres(POSTGRES_URL))
-    upgrade(POSTGRES_URL)
-    return POSTGRES_URL
+    base = make_url(POSTGRES_URL)
+    scratch = f"{base.database or 'test'}_{uuid.uuid4().hex[:10]}"
+    run(_admin_execute(POSTGRES_URL, f'CREATE DATABASE "{scratch}"'))
+    url = base.set(database=scratch).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    run(_admin_execute(POSTGRES_URL, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
@@ -103,14 +110,9 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "var_dir": tmp_path / "var",
-            "database_url": database_url,
-            "prediction_log_flush_seconds": 0.05,
-            "log_format": "text",
-        }
+        values: dict[str, Any] = {"var_dir": tmp_path / "var", "database_url": database_url}
         values.update(overrides)
-        return Settings(**values)
+        return settings_for(**values)
 
     return factory
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 
+from modelport.auth import service as auth_service
 from modelport.builtin.wine import TrainedWine, register_wine
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry.artifacts import open_artifact_store
@@ -70,3 +73,53 @@ def services_of(test_client: TestClient) -> Services:
 def flush_log(test_client: TestClient) -> None:
     """Write every buffered prediction-log row now (instead of waiting for the writer)."""
     test_client.portal.call(services_of(test_client).prediction_log.flush)  # type: ignore[union-attr]
+
+
+def settings_for(var_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    """What every test app starts from: quick log flushes, text logs, rate limits out of the way
+    (the rate-limit tests set their own)."""
+    values: dict[str, Any] = {
+        "var_dir": var_dir,
+        "database_url": database_url,
+        "prediction_log_flush_seconds": 0.05,
+        "log_format": "text",
+        "rate_limit_anonymous_per_minute": 1_000_000,
+        "rate_limit_user_per_minute": 1_000_000,
+        "rate_limit_api_key_per_minute": 1_000_000,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def create_account(
+    settings: Settings, email: str, password: str = "correct horse battery", role: str = "user"
+) -> uuid.UUID:
+    """A user straight in the database (the way `modelport users create-admin` makes one)."""
+
+    async def create() -> uuid.UUID:
+        engine = create_engine(settings.database_url)
+        try:
+            async with create_session_factory(engine)() as session:
+                user = await auth_service.create_user(session, email, password, role=role)
+                await session.commit()
+                return user.id
+        finally:
+            await engine.dispose()
+
+    return uuid.UUID(str(run(create())))
+
+
+def bearer(
+    test_client: TestClient, email: str, password: str = "correct horse battery"
+) -> dict[str, str]:
+    """Sign in through the API and return the Authorization header for the access token."""
+    response = test_client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def admin_headers(test_client: TestClient) -> dict[str, str]:
+    """Headers of a freshly created administrator (who may read the whole prediction log)."""
+    email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
+    create_account(services_of(test_client).settings, email, role="admin")
+    return bearer(test_client, email)

@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from modelport import __version__
+from modelport.auth.router import router as auth_router
 from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
+from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
@@ -38,10 +41,26 @@ def create_app(settings: Settings) -> FastAPI:
         "an audit log of every prediction.",
         lifespan=lifespan,
     )
+    # Added last runs first: the request context wraps everything, CORS answers preflights.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_allow_origins,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+        expose_headers=[
+            "X-Request-ID",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "Retry-After",
+        ],
+    )
+    app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     for router in (
         health_router,
+        auth_router,
         serving_router,
         registry_router,
         datasets_router,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -24,7 +27,9 @@ models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 builtins_app = typer.Typer(help="The built-in models.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+users_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 app.add_typer(builtins_app, name="builtins")
+app.add_typer(users_app, name="users")
 
 
 def _settings() -> Settings:
@@ -38,6 +43,30 @@ def _settings() -> Settings:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"modelport: {message}", err=True)
     return typer.Exit(1)
+
+
+def _make_var_dir(settings: Settings) -> None:
+    try:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(f"cannot create MODELPORT_VAR_DIR {settings.var_dir}: {exc.strerror}") from None
+
+
+@contextlib.contextmanager
+def _database_errors(settings: Settings) -> Iterator[None]:
+    """Turn a database that cannot be reached or opened into one line, not a traceback."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        raise _fail(
+            f"cannot use the database {where} ({reason or type(reason).__name__}); "
+            "check MODELPORT_DATABASE_URL and that the database server is running"
+        ) from None
 
 
 @app.command()
@@ -56,8 +85,9 @@ def serve(
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url)
+    _make_var_dir(settings)
+    with _database_errors(settings):
+        upgrade(settings.database_url)
     uvicorn.run(
         "modelport.app:create_app_from_env",
         factory=True,
@@ -76,8 +106,9 @@ def db_upgrade(revision: str = "head") -> None:
     from modelport.db.migrate import upgrade
 
     settings = _settings()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url, revision)
+    _make_var_dir(settings)
+    with _database_errors(settings):
+        upgrade(settings.database_url, revision)
     typer.echo(f"database at revision {revision}")
 
 
@@ -154,19 +185,48 @@ def models_list() -> None:
         typer.echo(f"{model.name}\tlatest v{model.latest_version}\t{model.task}\t{aliases}")
 
 
+@users_app.command("create-admin")
+def users_create_admin(
+    email: Annotated[str, typer.Option(help="The administrator's email address")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create an administrator account (asks for the password unless --password-stdin)."""
+    from modelport.auth.service import create_user
+    from modelport.errors import ModelportError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+    async def create(session: AsyncSession) -> str:
+        user = await create_user(session, email, password, role="admin")
+        await session.commit()
+        return user.email
+
+    try:
+        created = asyncio.run(_in_session(_settings(), create))
+    except ModelportError as exc:
+        raise _fail(exc.message) from None
+    typer.echo(f"administrator {created} created")
+
+
 async def _in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run ``work`` in one session on an up-to-date schema, then close the engine."""
     from modelport.db.engine import create_engine, create_session_factory
     from modelport.db.migrate import upgrade
 
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    await asyncio.to_thread(upgrade, settings.database_url)
-    engine = create_engine(settings.database_url)
-    try:
-        async with create_session_factory(engine)() as session:
-            return await work(session)
-    finally:
-        await engine.dispose()
+    _make_var_dir(settings)
+    with _database_errors(settings):
+        await asyncio.to_thread(upgrade, settings.database_url)
+        engine = create_engine(settings.database_url)
+        try:
+            async with create_session_factory(engine)() as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
 
 
 def main() -> None:

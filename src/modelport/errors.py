@@ -8,6 +8,7 @@ from typing import Any
 class ModelportError(Exception):
     status_code = 500
     kind = "internal_error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -20,6 +21,33 @@ class ModelportError(Exception):
 class NotFoundError(ModelportError):
     status_code = 404
     kind = "not_found"
+
+
+class UnauthorizedError(ModelportError):
+    """No usable credentials; the client should authenticate (Bearer JWT or X-API-Key)."""
+
+    status_code = 401
+    kind = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ForbiddenError(ModelportError):
+    status_code = 403
+    kind = "forbidden"
+
+
+class ConflictError(ModelportError):
+    status_code = 409
+    kind = "conflict"
+
+
+class TooManyRequestsError(ModelportError):
+    status_code = 429
+    kind = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class InvalidInputError(ModelportError):

@@ -6,11 +6,17 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from modelport.auth.jwt_secret import load_or_create_secret
+from modelport.auth.key_usage import KeyUsageRecorder
+from modelport.auth.tokens import TokenCodec
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.monitoring.prediction_log import PredictionLogWriter
+from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
 from modelport.registry.artifacts import ArtifactStore, open_artifact_store
 from modelport.serving.model_cache import ModelCache
@@ -32,6 +38,10 @@ class Services:
     resolver: VersionResolver
     prediction_log: PredictionLogWriter
     predictions: PredictionService
+    tokens: TokenCodec
+    limiter: Limiter
+    key_usage: KeyUsageRecorder
+    redis: Redis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -49,10 +59,36 @@ class Services:
             flush_interval=settings.prediction_log_flush_seconds,
         )
         predictions = PredictionService(resolver, models, log, settings.max_batch_rows)
-        return cls(settings, engine, session_factory, store, models, resolver, log, predictions)
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        tokens = TokenCodec(
+            load_or_create_secret(secret, settings.var_dir),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            access_ttl=timedelta(minutes=settings.access_token_minutes),
+            refresh_ttl=timedelta(days=settings.refresh_token_days),
+        )
+        redis = (
+            Redis.from_url(settings.redis_url, socket_timeout=0.5) if settings.redis_url else None
+        )
+        buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
+        return cls(
+            settings,
+            engine,
+            session_factory,
+            store,
+            models,
+            resolver,
+            log,
+            predictions,
+            tokens=tokens,
+            limiter=Limiter(buckets, fail_open=settings.rate_limit_fail_open),
+            key_usage=KeyUsageRecorder(session_factory),
+            redis=redis,
+        )
 
     async def start(self) -> None:
         self.prediction_log.start()
+        self.key_usage.start()
         self._tasks.append(asyncio.create_task(self._preload_production(), name="preload"))
 
     async def stop(self) -> None:
@@ -60,7 +96,10 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.key_usage.close()
         await self.prediction_log.close(self.settings.shutdown_flush_seconds)
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.engine.dispose()
 
     async def _preload_production(self) -> None:
@@ -74,6 +113,7 @@ class Services:
                 await asyncio.sleep(PRELOAD_RETRY_SECONDS)
                 continue
             for ref in refs:
+                self.resolver.remember(ref, registry.DEFAULT_ALIAS)
                 try:
                     await self.models.get(ref)
                 except Exception as exc:  # one broken model must not keep the others out

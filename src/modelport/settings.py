@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MODELPORT_"
 
@@ -69,10 +69,61 @@ class Settings(BaseSettings):
     prediction_log_flush_seconds: float = Field(default=0.5, gt=0)
     shutdown_flush_seconds: float = Field(default=10.0, ge=0)
 
+    # Accounts and tokens
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="HS256 signing secret (>= 32 bytes). Empty: generated once into var/jwt-secret;"
+        " replicas on several hosts must share one.",
+    )
+    jwt_issuer: str = "modelport"
+    jwt_audience: str = "modelport-api"
+    access_token_minutes: int = Field(default=15, ge=1, le=1440)
+    refresh_token_days: int = Field(default=7, ge=1, le=90)
+    allow_registration: bool = True
+    anonymous_predictions: bool = Field(
+        default=True, description="Anyone may predict with public models (stricter rate limit)."
+    )
+    login_failures_allowed: int = Field(default=5, ge=1, description="Per account and address.")
+    login_window_seconds: float = Field(default=900, gt=0)
+
+    # Rate limits (token buckets, requests per minute)
+    redis_url: str | None = Field(default=None, description="Share limits across replicas.")
+    rate_limit_fail_open: bool = Field(
+        default=True, description="Allow requests when Redis is unreachable (else refuse)."
+    )
+    rate_limit_anonymous_per_minute: int = Field(default=60, ge=1)
+    rate_limit_user_per_minute: int = Field(default=600, ge=1)
+    rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
+
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_jwt_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes; generate one with `openssl rand -hex 32`")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value or None
 
     @field_validator("database_url")
     @classmethod
@@ -82,9 +133,13 @@ class Settings(BaseSettings):
     @field_validator("artifact_store")
     @classmethod
     def _check_artifact_store(cls, value: str) -> str:
-        if value and urlsplit(value).scheme != "file":
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme != "file":
             raise ValueError("must be a file:///absolute/path URL")
-        if value and not urlsplit(value).path.startswith("/"):
+        # file://var/artifacts parses as host "var", path "/artifacts": refuse, don't misplace.
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError("the file:// path must be absolute, e.g. file:///srv/modelport")
         return value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,12 @@ def read_wine_csv(path: Path) -> WineData:
         if not record:
             continue
         try:
-            values.append([float(record[i]) for i in positions])
+            row = [float(record[i]) for i in positions]
         except (ValueError, IndexError):
             raise WineDataError(f"{path}, line {line_number}: not a row of numbers") from None
+        if not all(math.isfinite(value) for value in row):  # float() accepts "nan" and "inf"
+            raise WineDataError(f"{path}, line {line_number}: a value is NaN or infinite")
+        values.append(row)
     if len(values) < 50:
         raise WineDataError(f"{path} holds {len(values)} rows; at least 50 are needed to train")
     table = np.array(values, dtype=np.float64)
@@ -166,7 +170,8 @@ async def register_wine(
     data = trained.data
     dataset = await datasets.find_by_sha256(session, data.sha256)
     if dataset is None:
-        stem = Path(data.source).stem.lower().replace("_", "-")
+        # Dataset names hold 64 characters; leave room for the "-<sha256[:8]>" suffix below.
+        stem = Path(data.source).stem.lower().replace("_", "-")[:55]
         taken = await datasets.find_by_name(session, stem) is not None
         in_train = set(trained.train_index.tolist())
         dataset = await datasets.register_dataset(
@@ -181,6 +186,7 @@ async def register_wine(
             splits=["train" if i in in_train else "holdout" for i in range(len(data.quality))],
             source=data.source,
             sha256=data.sha256,
+            public=True,  # built-in data, like the built-in model
         )
     return await registry.register_version(
         session,

@@ -15,6 +15,7 @@ class DatasetOut(BaseModel):
     description: str
     columns: list[dict[str, Any]]
     row_count: int
+    public: bool
     source: str
     sha256: str
     created_at: datetime

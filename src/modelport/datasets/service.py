@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelport.auth.principal import Principal
 from modelport.datasets.tables import Dataset, DatasetRow
 from modelport.errors import NotFoundError
 
@@ -28,6 +30,8 @@ async def register_dataset(
     source: str,
     sha256: str,
     description: str = "",
+    public: bool = False,
+    owner_id: uuid.UUID | None = None,
 ) -> Dataset:
     """Store the dataset and all its rows in one transaction (the caller commits)."""
     dataset = Dataset(
@@ -37,6 +41,8 @@ async def register_dataset(
         row_count=len(rows),
         source=source,
         sha256=sha256,
+        public=public,
+        owner_id=owner_id,
     )
     session.add(dataset)
     await session.flush()
@@ -50,6 +56,8 @@ async def register_dataset(
 
 
 async def find_by_name(session: AsyncSession, name: str) -> Dataset | None:
+    if "\x00" in name:  # no stored name holds NUL, and PostgreSQL refuses it in a query
+        return None
     return await session.scalar(select(Dataset).where(Dataset.name == name))
 
 
@@ -60,8 +68,19 @@ async def get_dataset(session: AsyncSession, name: str) -> Dataset:
     return dataset
 
 
-async def list_datasets(session: AsyncSession) -> list[Dataset]:
-    return list(await session.scalars(select(Dataset).order_by(Dataset.name)))
+async def get_visible_dataset(session: AsyncSession, viewer: Principal, name: str) -> Dataset:
+    """The dataset if ``viewer`` may see it; otherwise the same 404 as a missing one."""
+    dataset = await get_dataset(session, name)
+    if not viewer.can_see(dataset.owner_id, dataset.public):
+        raise NotFoundError(f"dataset {name!r} not found")
+    return dataset
+
+
+async def list_datasets(session: AsyncSession, viewer: Principal) -> list[Dataset]:
+    query = select(Dataset).order_by(Dataset.name)
+    if not viewer.is_admin:
+        query = query.where(or_(Dataset.public.is_(True), Dataset.owner_id == viewer.user_id))
+    return list(await session.scalars(query))
 
 
 async def get_rows(

@@ -8,7 +8,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from modelport.errors import ModelportError
-from modelport.http.middleware import BodyTooLargeError, too_large_detail
+from modelport.http.middleware import (
+    BodyTooLargeError,
+    internal_error_detail,
+    too_large_detail,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +22,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
         if exc.status_code >= 500:
             logger.error("request failed", extra={"kind": exc.kind, "error": exc.message})
-        return JSONResponse({"detail": exc.detail()}, status_code=exc.status_code)
+        return JSONResponse(
+            {"detail": exc.detail()}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(BodyTooLargeError)
     async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
@@ -28,7 +34,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
         request_id = getattr(request.state, "request_id", "")
-        return JSONResponse(
-            {"detail": f"internal error; quote request id {request_id} when reporting it"},
-            status_code=500,
-        )
+        return JSONResponse({"detail": internal_error_detail(request_id)}, status_code=500)

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelport.monitoring.logs import request_id_var
 
 logger = logging.getLogger("modelport.access")
+error_logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -29,6 +30,15 @@ def too_large_detail(limit: int) -> list[dict[str, object]]:
     return [
         {"loc": ["body"], "msg": f"request body is larger than {limit} bytes", "type": "too_large"}
     ]
+
+
+def internal_error_detail(request_id: str) -> str:
+    return f"internal error; quote request id {request_id} when reporting it"
+
+
+def _context_headers(request_id: str, started: float) -> list[tuple[bytes, bytes]]:
+    elapsed = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
+    return [(REQUEST_ID_HEADER, request_id.encode()), (b"x-process-time-ms", elapsed)]
 
 
 class RequestContextMiddleware:
@@ -51,12 +61,14 @@ class RequestContextMiddleware:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             status = 413
-            await self._reject_too_large(send, request_id)
+            detail = too_large_detail(self.max_body_bytes)
+            await self._send_json(send, 413, detail, request_id, started)
             self._log(scope, status, started, request_id)
             request_id_var.reset(token)
             return
 
         received = 0
+        response_started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -68,42 +80,52 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                elapsed = f"{(time.perf_counter() - started) * 1000:.2f}".encode()
+                response_started = True
                 message["headers"] = [
                     *message.get("headers", []),
-                    (REQUEST_ID_HEADER, request_id.encode()),
-                    (b"x-process-time-ms", elapsed),
+                    *_context_headers(request_id, started),
                 ]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
         except BodyTooLargeError:
-            if status != 500:  # the app already answered; nothing more can be sent
+            if response_started:  # the app already answered; nothing more can be sent
                 raise
             status = 413
-            await self._reject_too_large(send, request_id)
+            await self._send_json(
+                send, 413, too_large_detail(self.max_body_bytes), request_id, started
+            )
+        except Exception:
+            # Starlette answers unhandled errors outside every user middleware, so that 500
+            # would carry no request id; answer here while the id is still known, then let
+            # the server see the error as usual.
+            if response_started:
+                raise
+            status = 500
+            error_logger.exception("unhandled error")
+            await self._send_json(send, 500, internal_error_detail(request_id), request_id, started)
+            raise
         finally:
             self._log(scope, status, started, request_id)
             request_id_var.reset(token)
 
-    async def _reject_too_large(self, send: Send, request_id: str) -> None:
-        body = orjson.dumps({"detail": too_large_detail(self.max_body_bytes)})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (REQUEST_ID_HEADER, request_id.encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
+    @staticmethod
+    async def _send_json(
+        send: Send, status: int, detail: object, request_id: str, started: float
+    ) -> None:
+        body = orjson.dumps({"detail": detail})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *_context_headers(request_id, started),
+        ]
+        if status == 413:  # the unread body would otherwise be taken for the next request
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod

@@ -41,6 +41,9 @@ class LogEntry:
     latency_ms: float
     status: str
     error: str | None = None
+    user_id: uuid.UUID | None = None
+    api_key_id: uuid.UUID | None = None
+    client_address: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -50,9 +53,30 @@ class LogEntry:
     @classmethod
     def from_json(cls, line: bytes) -> LogEntry:
         data = orjson.loads(line)
-        data["id"] = uuid.UUID(data["id"])
+        for name in ("id", "user_id", "api_key_id"):
+            if data.get(name) is not None:
+                data[name] = uuid.UUID(data[name])
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         return cls(**data)
+
+
+def _readable_entries(source: Path, lines: list[bytes]) -> list[LogEntry]:
+    """Decode spooled rows, skipping any a crash cut short: one torn line must not keep every
+    later row out of the database."""
+    entries, unreadable = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            entries.append(LogEntry.from_json(line))
+        except (ValueError, TypeError, KeyError):  # orjson.JSONDecodeError is a ValueError
+            unreadable += 1
+    if unreadable:
+        logger.error(
+            "prediction log: skipped unreadable spooled rows",
+            extra={"rows": unreadable, "file": str(source)},
+        )
+    return entries
 
 
 class Spool:
@@ -122,6 +146,7 @@ class PredictionLogWriter:
         self._flush_interval = flush_interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
         self.written = 0
         self.spooled = 0
         self.last_error: str | None = None
@@ -145,28 +170,36 @@ class PredictionLogWriter:
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109
         """Stop the background task, write what is left; spool it if the database is away."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         try:
             async with asyncio.timeout(timeout):
+                async with self._flushing:  # let a write in progress finish, not half-happen
+                    if self._task is not None:
+                        self._task.cancel()
                 await self.flush()
         except Exception as exc:
             logger.warning(
                 "prediction log: database unavailable at shutdown, spooling rows to disk",
                 extra={"rows": len(self._buffer), "error": str(exc)},
             )
+        if self._task is not None:
+            self._task.cancel()  # still writing after the timeout: its rows return to the buffer
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         remaining = list(self._buffer)
         self._buffer.clear()
         self._spool.append(remaining)
 
     async def flush(self) -> None:
-        """Write every pending row (spool first, then memory); raises if the database fails."""
-        await self._replay_spool()
-        while self._buffer:
-            await self._write_batch()
+        """Write every pending row (spool first, then memory); raises if the database fails.
+
+        One flush at a time: a caller must not return while the background task still has
+        rows in flight, and two replays of one spool file would collide.
+        """
+        async with self._flushing:
+            await self._replay_spool()
+            while self._buffer:
+                await self._write_batch()
 
     async def _run(self) -> None:
         delay = self._flush_interval
@@ -205,7 +238,7 @@ class PredictionLogWriter:
                 lines = replay.read_bytes().splitlines()
             except FileNotFoundError:
                 continue
-            entries = [LogEntry.from_json(line) for line in lines if line.strip()]
+            entries = _readable_entries(replay, lines)
             for start in range(0, len(entries), self._batch_size):
                 await self._insert(entries[start : start + self._batch_size], skip_existing=True)
             replay.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelport.auth.dependencies import SignedInReader
 from modelport.dependencies import get_session
 from modelport.monitoring import service
 from modelport.monitoring.schemas import PredictionPageOut, PredictionRecordOut, PredictionStatus
@@ -20,6 +21,7 @@ Session = Annotated[AsyncSession, Depends(get_session)]
 @router.get("", response_model=PredictionPageOut, summary="List logged predictions, newest first")
 async def list_predictions(
     session: Session,
+    viewer: SignedInReader,
     model: Annotated[str | None, Query(max_length=128, description="Model name")] = None,
     status: Annotated[PredictionStatus | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="ISO-8601, inclusive")] = None,
@@ -28,7 +30,14 @@ async def list_predictions(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> PredictionPageOut:
     records, total = await service.list_predictions(
-        session, model=model, status=status, since=since, until=until, offset=offset, limit=limit
+        session,
+        viewer,
+        model=model,
+        status=status,
+        since=since,
+        until=until,
+        offset=offset,
+        limit=limit,
     )
     return PredictionPageOut(
         items=[PredictionRecordOut.model_validate(r) for r in records],
@@ -39,5 +48,8 @@ async def list_predictions(
 
 
 @router.get("/{prediction_id}", response_model=PredictionRecordOut, summary="One prediction")
-async def get_prediction(prediction_id: uuid.UUID, session: Session) -> PredictionRecordOut:
-    return PredictionRecordOut.model_validate(await service.get_prediction(session, prediction_id))
+async def get_prediction(
+    prediction_id: uuid.UUID, session: Session, viewer: SignedInReader
+) -> PredictionRecordOut:
+    record = await service.get_prediction(session, viewer, prediction_id)
+    return PredictionRecordOut.model_validate(record)

@@ -24,6 +24,9 @@ class PredictionRecordOut(BaseModel):
     status: str
     error: str | None
     created_at: datetime
+    user_id: uuid.UUID | None
+    api_key_id: uuid.UUID | None
+    client_address: str | None
 
 
 class PredictionPageOut(BaseModel):

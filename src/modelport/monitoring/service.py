@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelport.auth.principal import Principal
 from modelport.errors import NotFoundError
 from modelport.monitoring.tables import PredictionRecord
 
 T = TypeVar("T", bound=Any)
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """A time without a zone (``since=2024-05-01T12:00``) is read as UTC, like every stored time."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 def _filtered(
@@ -26,6 +34,7 @@ def _filtered(
         query = query.where(PredictionRecord.model_name == model)
     if status is not None:
         query = query.where(PredictionRecord.status == status)
+    since, until = _as_utc(since), _as_utc(until)
     if since is not None:
         query = query.where(PredictionRecord.created_at >= since)
     if until is not None:
@@ -33,8 +42,16 @@ def _filtered(
     return query
 
 
+def _visible_to(query: Select[T], viewer: Principal) -> Select[T]:
+    """Admins read the whole log; everyone else the predictions they made themselves."""
+    if viewer.is_admin:
+        return query
+    return query.where(PredictionRecord.user_id == viewer.user_id)
+
+
 async def list_predictions(
     session: AsyncSession,
+    viewer: Principal,
     *,
     model: str | None,
     status: str | None,
@@ -44,11 +61,10 @@ async def list_predictions(
     limit: int,
 ) -> tuple[list[PredictionRecord], int]:
     """Newest first; returns the page and the total matching the filters."""
-    total = await session.scalar(
-        _filtered(select(func.count()).select_from(PredictionRecord), model, status, since, until)
-    )
+    count = select(func.count()).select_from(PredictionRecord)
+    total = await session.scalar(_visible_to(_filtered(count, model, status, since, until), viewer))
     page = await session.scalars(
-        _filtered(select(PredictionRecord), model, status, since, until)
+        _visible_to(_filtered(select(PredictionRecord), model, status, since, until), viewer)
         .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
         .offset(offset)
         .limit(limit)
@@ -56,8 +72,10 @@ async def list_predictions(
     return list(page), int(total or 0)
 
 
-async def get_prediction(session: AsyncSession, prediction_id: uuid.UUID) -> PredictionRecord:
+async def get_prediction(
+    session: AsyncSession, viewer: Principal, prediction_id: uuid.UUID
+) -> PredictionRecord:
     record = await session.get(PredictionRecord, prediction_id)
-    if record is None:
+    if record is None or not (viewer.is_admin or record.user_id == viewer.user_id):
         raise NotFoundError(f"prediction {prediction_id} not found")
     return record

@@ -26,3 +26,7 @@ class PredictionRecord(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Who called. No foreign keys: the audit log outlives the accounts and keys it names.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
+    api_key_id: Mapped[uuid.UUID | None]
+    client_address: Mapped[str | None] = mapped_column(String(64))

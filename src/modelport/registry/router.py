@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from modelport.auth.dependencies import Reader
 from modelport.dependencies import get_session
 from modelport.registry import service
 from modelport.registry.schemas import ModelDetailOut, ModelListOut, ModelOut, VersionOut
@@ -17,18 +18,19 @@ ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wi
 
 
 @router.get("", response_model=ModelListOut, summary="List registered models")
-async def list_models(session: Session) -> ModelListOut:
-    return ModelListOut(items=[ModelOut.of(m) for m in await service.list_models(session)])
+async def list_models(session: Session, viewer: Reader) -> ModelListOut:
+    models = await service.list_models(session, viewer)
+    return ModelListOut(items=[ModelOut.of(m) for m in models])
 
 
 @router.get("/{name}", response_model=ModelDetailOut, summary="One model with its versions")
-async def get_model(name: ModelName, session: Session) -> ModelDetailOut:
-    return ModelDetailOut.of(await service.get_model(session, name))
+async def get_model(name: ModelName, session: Session, viewer: Reader) -> ModelDetailOut:
+    return ModelDetailOut.of(await service.get_visible_model(session, viewer, name))
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionOut, summary="One version")
 async def get_version(
-    name: ModelName, version: Annotated[int, Path(ge=1)], session: Session
+    name: ModelName, version: Annotated[int, Path(ge=1)], session: Session, viewer: Reader
 ) -> VersionOut:
-    model = await service.get_model(session, name)
+    model = await service.get_visible_model(session, viewer, name)
     return VersionOut.of(service.find_version(model, version))

@@ -6,10 +6,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from modelport.auth.principal import Principal
 from modelport.errors import NotFoundError
 from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
@@ -29,6 +30,8 @@ class VersionRef:
     sha256: str
     flavor: str
     signature: Signature
+    owner_id: uuid.UUID | None = None
+    public: bool = True
 
 
 def _ref(model: Model, version: ModelVersion) -> VersionRef:
@@ -40,10 +43,14 @@ def _ref(model: Model, version: ModelVersion) -> VersionRef:
         sha256=version.sha256,
         flavor=version.flavor,
         signature=Signature.model_validate(version.signature),
+        owner_id=model.owner_id,
+        public=model.public,
     )
 
 
 async def get_model(session: AsyncSession, name: str) -> Model:
+    if "\x00" in name:  # no stored name holds NUL, and PostgreSQL refuses it in a query
+        raise NotFoundError(f"model {name!r} not found")
     model = await session.scalar(
         select(Model)
         .where(Model.name == name)
@@ -54,11 +61,21 @@ async def get_model(session: AsyncSession, name: str) -> Model:
     return model
 
 
-async def list_models(session: AsyncSession) -> list[Model]:
+async def get_visible_model(session: AsyncSession, viewer: Principal, name: str) -> Model:
+    """The model if ``viewer`` may see it; otherwise the same 404 as a missing model."""
+    model = await get_model(session, name)
+    if not viewer.can_see(model.owner_id, model.public):
+        raise NotFoundError(f"model {name!r} not found")
+    return model
+
+
+async def list_models(session: AsyncSession, viewer: Principal | None = None) -> list[Model]:
+    """Every model for admins (and the CLI); public and own ones for everyone else."""
+    query = select(Model).order_by(Model.name)
+    if viewer is not None and not viewer.is_admin:
+        query = query.where(or_(Model.public.is_(True), Model.owner_id == viewer.user_id))
     result = await session.scalars(
-        select(Model)
-        .order_by(Model.name)
-        .options(selectinload(Model.versions), selectinload(Model.aliases))
+        query.options(selectinload(Model.versions), selectinload(Model.aliases))
     )
     return list(result)
 
@@ -142,6 +159,9 @@ async def register_version(
 async def set_alias(
     session: AsyncSession, model_id: uuid.UUID, alias: str, version_id: uuid.UUID
 ) -> None:
+    target = await session.get(ModelVersion, version_id)
+    if target is None or target.model_id != model_id:  # the tables cannot enforce this
+        raise NotFoundError(f"alias {alias!r} can only point at a version of its own model")
     existing = await session.get(ModelAlias, (model_id, alias))
     if existing is None:
         session.add(ModelAlias(model_id=model_id, alias=alias, version_id=version_id))

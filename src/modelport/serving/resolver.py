@@ -6,6 +6,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelport.errors import NotFoundError
 from modelport.registry import service as registry
 from modelport.registry.service import VersionRef
 
@@ -24,10 +25,27 @@ class VersionResolver:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        async with self._session_factory() as session:
-            ref = await registry.resolve(session, name, version, alias)
+        try:
+            async with self._session_factory() as session:
+                ref = await registry.resolve(session, name, version, alias)
+        except NotFoundError:
+            self._cache.pop(key, None)
+            raise
+        except Exception:
+            # The registry is unreachable: keep serving what it last said rather than fail
+            # predictions whose model is already in memory. Changes apply once it is back.
+            if hit is not None:
+                return hit[1]
+            raise
         self._cache[key] = (now, ref)
         return ref
+
+    def remember(self, ref: VersionRef, alias: str) -> None:
+        """Seed the answer for ``name`` via ``alias`` (start-up preload knows it already)."""
+        now = time.monotonic()
+        self._cache[(ref.model_name, None, alias)] = (now, ref)
+        if alias == registry.DEFAULT_ALIAS:
+            self._cache[(ref.model_name, None, None)] = (now, ref)
 
     def invalidate(self) -> None:
         self._cache.clear()

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from modelport.auth.dependencies import Predictor
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.dependencies import get_services
 from modelport.services import Services
@@ -82,9 +83,15 @@ def _predictions_out(result: PredictionResult) -> PredictionsOut:
     openapi_extra=_WINE_BODY,
     responses=_ERRORS,
 )
-async def predict_wine(request: Request, services: ServicesDep) -> WinePredictionOut:
+async def predict_wine(
+    request: Request, services: ServicesDep, caller: Predictor
+) -> WinePredictionOut:
     result = await services.predictions.predict(
-        Target(WINE_MODEL_NAME), await request.body(), _request_id(request), allow_batch=False
+        Target(WINE_MODEL_NAME),
+        await request.body(),
+        _request_id(request),
+        caller,
+        allow_batch=False,
     )
     return WinePredictionOut(
         predicted_quality=result.predictions[0]["predicted_quality"],
@@ -101,10 +108,14 @@ async def predict_wine(request: Request, services: ServicesDep) -> WinePredictio
     responses=_ERRORS,
 )
 async def predict(
-    name: ModelName, request: Request, services: ServicesDep, alias: AliasQuery = None
+    name: ModelName,
+    request: Request,
+    services: ServicesDep,
+    caller: Predictor,
+    alias: AliasQuery = None,
 ) -> PredictionsOut:
     result = await services.predictions.predict(
-        Target(name, alias=alias), await request.body(), _request_id(request)
+        Target(name, alias=alias), await request.body(), _request_id(request), caller
     )
     return _predictions_out(result)
 
@@ -121,8 +132,9 @@ async def predict_version(
     version: Annotated[int, Path(ge=1, le=1_000_000)],
     request: Request,
     services: ServicesDep,
+    caller: Predictor,
 ) -> PredictionsOut:
     result = await services.predictions.predict(
-        Target(name, version=version), await request.body(), _request_id(request)
+        Target(name, version=version), await request.body(), _request_id(request), caller
     )
     return _predictions_out(result)

@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 import numpy as np
 
-from modelport.errors import ModelportError, ModelUnavailableError
+from modelport.auth.principal import Principal
+from modelport.errors import ModelportError, ModelUnavailableError, NotFoundError
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
 from modelport.runtimes.signature import Signature
@@ -52,29 +53,38 @@ class PredictionService:
         self._max_batch_rows = max_batch_rows
 
     async def predict(
-        self, target: Target, body: bytes, request_id: str, *, allow_batch: bool = True
+        self,
+        target: Target,
+        body: bytes,
+        request_id: str,
+        caller: Principal,
+        *,
+        allow_batch: bool = True,
     ) -> PredictionResult:
-        started = time.perf_counter()
-        payload: Any = None
-        ref: VersionRef | None = None
+        call = _Call(target, caller, request_id, time.perf_counter())
         try:
-            payload = parse_json_body(body)
+            call.payload = parse_json_body(body)
             ref = await self._resolver.resolve(target.name, target.version, target.alias)
-            rows = extract_rows(payload, self._max_batch_rows, allow_batch=allow_batch)
+            if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
+                raise NotFoundError(f"model {target.name!r} not found")
+            call.ref = ref
+            rows = extract_rows(call.payload, self._max_batch_rows, allow_batch=allow_batch)
             features = validate_rows(ref.signature, rows)
             model = await self._cache.get(ref)
             raw = await anyio.to_thread.run_sync(model.runtime.predict, features)
             predictions = postprocess(ref.signature, raw, len(rows.items))
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
-            self._record(target, ref, payload, None, started, request_id, status, exc.message)
+            self._record(call, None, status, exc.message)
             raise
         except Exception as exc:
-            self._record(target, ref, payload, None, started, request_id, "error", repr(exc))
+            self._record(call, None, "error", repr(exc))
+            if call.ref is None:  # the registry lookup failed: no SQL or driver text to the caller
+                raise ModelUnavailableError(
+                    "the model registry cannot be reached right now; try again shortly"
+                ) from exc
             raise ModelUnavailableError(f"the model failed to run on this input: {exc}") from exc
-        elapsed_ms = self._record(
-            target, ref, payload, predictions, started, request_id, "success", None
-        )
+        elapsed_ms = self._record(call, predictions, "success", None)
         return PredictionResult(
             model_name=ref.model_name,
             model_version=str(ref.version),
@@ -84,36 +94,51 @@ class PredictionService:
             timestamp=datetime.now(UTC),
         )
 
-    def _record(
-        self,
-        target: Target,
-        ref: VersionRef | None,
-        inputs: Any,
-        outputs: Any,
-        started: float,
-        request_id: str,
-        status: str,
-        error: str | None,
-    ) -> float:
-        elapsed_ms = (time.perf_counter() - started) * 1000
+    def _record(self, call: _Call, outputs: Any, status: str, error: str | None) -> float:
+        elapsed_ms = (time.perf_counter() - call.started) * 1000
         self._log.record(
             LogEntry(
-                request_id=request_id,
-                model_name=target.name,
-                model_version=str(ref.version) if ref else None,
-                inputs=inputs,
+                request_id=call.request_id,
+                model_name=_storable(call.target.name),
+                model_version=str(call.ref.version) if call.ref else None,
+                inputs=call.payload,
                 outputs=outputs,
                 latency_ms=round(elapsed_ms, 3),
                 status=status,
-                error=error,
+                error=_storable(error) if error else None,
+                user_id=call.caller.user_id,
+                api_key_id=call.caller.api_key_id,
+                client_address=call.caller.client_address[:64],
             )
         )
         return elapsed_ms
 
 
+@dataclass
+class _Call:
+    """What is known about one prediction so far; the log row is written from it."""
+
+    target: Target
+    caller: Principal
+    request_id: str
+    started: float
+    payload: Any = None
+    ref: VersionRef | None = None
+
+
+def _storable(text: str) -> str:
+    """Names and messages echo the caller's URL and keys; PostgreSQL text cannot hold NUL."""
+    return text.replace("\x00", "\ufffd")
+
+
 def postprocess(signature: Signature, raw: np.ndarray, n_rows: int) -> list[dict[str, Any]]:
     """Name each output value and clip it into the bounds the signature declares."""
     values = np.asarray(raw, dtype=np.float64).reshape(n_rows, -1)
+    broken = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if broken.size:  # JSON (and the prediction log) have no NaN or infinity
+        raise ModelUnavailableError(
+            f"the model gave no finite answer (NaN or infinity) for row {int(broken[0])}"
+        )
     rows: list[dict[str, Any]] = [{} for _ in range(n_rows)]
     for column, spec in enumerate(signature.outputs):
         column_values = values[:, column]

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 # Every domain's tables, so the metadata Alembic compares against is complete.
+from modelport.auth import tables as _auth  # noqa: F401
 from modelport.datasets import tables as _datasets  # noqa: F401
 from modelport.db.base import Base
 from modelport.db.engine import create_engine

@@ -1,0 +1,1 @@
+"""Accounts, passwords, JWT, API keys and the dependencies that say who is calling."""

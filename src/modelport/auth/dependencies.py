@@ -1,0 +1,137 @@
+"""Who is calling, what they may do, and their rate limit: FastAPI dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from modelport.auth import service
+from modelport.auth.principal import ALL_SCOPES, Principal
+from modelport.auth.tokens import InvalidTokenError
+from modelport.dependencies import get_services
+from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
+from modelport.ratelimit.buckets import Limit
+from modelport.services import Services
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="BearerJWT",
+    description="Access token from POST /api/v1/auth/login (valid 15 minutes by default).",
+)
+api_key_scheme = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key (mp_...) from POST /api/v1/api-keys.",
+)
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _identify(
+    request: Request,
+    services: Services,
+    credentials: HTTPAuthorizationCredentials | None,
+    api_key: str | None,
+) -> Principal:
+    address = client_address(request)
+    if api_key:
+        async with services.session_factory() as session:
+            principal = await service.principal_for_key(session, api_key, address)
+        assert principal.api_key_id is not None
+        services.key_usage.touch(principal.api_key_id)
+        return principal
+    if credentials is not None:
+        try:
+            claims = services.tokens.decode(credentials.credentials, "access")
+        except InvalidTokenError as exc:
+            raise UnauthorizedError(f"access token rejected: {exc}") from None
+        async with services.session_factory() as session:
+            user = await service.active_user(session, claims.user_id)
+        return Principal(address, user_id=user.id, role=user.role, scopes=ALL_SCOPES)
+    scopes = {"read", "predict"} if services.settings.anonymous_predictions else {"read"}
+    return Principal(address, scopes=frozenset(scopes))
+
+
+def _limit_for(principal: Principal, services: Services) -> tuple[str, Limit]:
+    settings = services.settings
+    if principal.api_key_id is not None:
+        per_minute = principal.api_key_rate_limit or settings.rate_limit_api_key_per_minute
+        return f"key:{principal.api_key_id}", Limit(per_minute)
+    if principal.user_id is not None:
+        return f"user:{principal.user_id}", Limit(settings.rate_limit_user_per_minute)
+    return f"ip:{principal.client_address}", Limit(settings.rate_limit_anonymous_per_minute)
+
+
+async def enforce_rate_limit(request: Request, services: Services, principal: Principal) -> None:
+    """Take one token; the middleware copies the decision into X-RateLimit-* headers."""
+    key, limit = _limit_for(principal, services)
+    decision = await services.limiter.take(key, limit)
+    request.state.rate_limit = decision
+    if not decision.allowed:
+        raise TooManyRequestsError(
+            f"rate limit of {limit.capacity} requests per minute reached; "
+            f"retry in {decision.retry_after} s",
+            decision.retry_after,
+        )
+
+
+async def get_principal(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> Principal:
+    """Identify the caller once per request, then apply their rate limit."""
+    principal = await _identify(request, services, credentials, api_key)
+    request.state.principal = principal
+    await enforce_rate_limit(request, services, principal)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_scope(
+    scope: str, *, anonymous: bool = True
+) -> Callable[[Principal], Awaitable[Principal]]:
+    """The caller must hold ``scope``; with ``anonymous=False`` they must also be signed in."""
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        if principal.is_anonymous and not anonymous:
+            raise UnauthorizedError("sign in (Bearer token) or send an API key (X-API-Key)")
+        if scope not in principal.scopes:
+            if principal.is_anonymous:
+                raise UnauthorizedError(
+                    f"sign in or send an API key: anonymous callers may not {scope}"
+                )
+            raise ForbiddenError(f"this API key lacks the {scope!r} scope")
+        return principal
+
+    return dependency
+
+
+async def require_user(principal: PrincipalDep) -> Principal:
+    if principal.is_anonymous:
+        raise UnauthorizedError("sign in (Bearer token) or send an API key (X-API-Key)")
+    return principal
+
+
+async def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
+    if not principal.is_admin:
+        raise ForbiddenError("administrators only")
+    return principal
+
+
+UserDep = Annotated[Principal, Depends(require_user)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
+Reader = Annotated[Principal, Depends(require_scope("read"))]
+SignedInReader = Annotated[Principal, Depends(require_scope("read", anonymous=False))]
+Predictor = Annotated[Principal, Depends(require_scope("predict"))]
+Manager = Annotated[Principal, Depends(require_scope("manage"))]

@@ -1,0 +1,239 @@
+"""Accounts, tokens, API keys and user administration over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from modelport.auth import service
+from modelport.auth.dependencies import (
+    AdminDep,
+    Manager,
+    ServicesDep,
+    UserDep,
+    client_address,
+    enforce_rate_limit,
+)
+from modelport.auth.principal import Principal
+from modelport.auth.schemas import (
+    ApiKeyCreatedOut,
+    ApiKeyCreateIn,
+    ApiKeyListOut,
+    ApiKeyOut,
+    ApiKeyUpdateIn,
+    Credentials,
+    RefreshIn,
+    TokenPairOut,
+    UserListOut,
+    UserOut,
+    UserUpdateIn,
+)
+from modelport.dependencies import get_session
+from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
+from modelport.ratelimit.buckets import Limit
+from modelport.services import Services
+
+router = APIRouter(tags=["accounts"])
+Session = Annotated[AsyncSession, Depends(get_session)]
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+async def _anonymous_limit(request: Request, services: ServicesDep) -> None:
+    await enforce_rate_limit(request, services, Principal(client_address(request)))
+
+
+AnonymousLimited = Depends(_anonymous_limit)
+
+
+def _token_pair(services: Services, access: str, refresh: str) -> TokenPairOut:
+    return TokenPairOut(
+        access_token=access,
+        refresh_token=refresh,
+        expires_in=int(services.tokens.access_ttl.total_seconds()),
+    )
+
+
+@router.post(
+    "/api/v1/auth/register",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[AnonymousLimited],
+    responses={409: {"description": "Email already registered"}},
+)
+async def register(body: Credentials, session: Session, services: ServicesDep) -> UserOut:
+    if not services.settings.allow_registration:
+        raise ForbiddenError("self-registration is turned off; ask an administrator")
+    user = await service.create_user(session, body.email, body.password)
+    await session.commit()
+    return UserOut.model_validate(user)
+
+
+async def _login_throttle(services: Services, keys: list[str]) -> None:
+    """Refuse while an account or address has used up its failed-login allowance."""
+    limit = Limit(services.settings.login_failures_allowed, services.settings.login_window_seconds)
+    for key in keys:
+        decision = await services.limiter.take(key, limit, cost=0)
+        if decision.remaining < 1:
+            wait = int(limit.period_seconds / limit.capacity) + 1
+            raise TooManyRequestsError(f"too many failed sign-ins; try again in {wait} s", wait)
+
+
+@router.post(
+    "/api/v1/auth/login",
+    response_model=TokenPairOut,
+    responses={401: {"description": "Wrong email or password"}, 429: {"description": "Slowed"}},
+)
+async def login(
+    body: Credentials, request: Request, response: Response, session: Session, services: ServicesDep
+) -> TokenPairOut:
+    email_key = f"login-fail:email:{body.email.strip().lower()}"
+    address_key = f"login-fail:ip:{client_address(request)}"
+    await _login_throttle(services, [email_key, address_key])
+    try:
+        user = await service.authenticate(session, body.email, body.password)
+    except UnauthorizedError:
+        limit = Limit(
+            services.settings.login_failures_allowed, services.settings.login_window_seconds
+        )
+        for key in (email_key, address_key):
+            await services.limiter.take(key, limit)
+        raise
+    access, refresh = await service.issue_tokens(session, services.tokens, user)
+    await session.commit()
+    response.headers.update(NO_STORE)
+    return _token_pair(services, access, refresh)
+
+
+@router.post("/api/v1/auth/refresh", response_model=TokenPairOut, dependencies=[AnonymousLimited])
+async def refresh(
+    body: RefreshIn, response: Response, session: Session, services: ServicesDep
+) -> TokenPairOut:
+    access, new_refresh = await service.rotate_refresh_token(
+        session, services.tokens, body.refresh_token
+    )
+    await session.commit()
+    response.headers.update(NO_STORE)
+    return _token_pair(services, access, new_refresh)
+
+
+@router.post(
+    "/api/v1/auth/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[AnonymousLimited],
+)
+async def logout(body: RefreshIn, session: Session, services: ServicesDep) -> Response:
+    await service.revoke_refresh_token(session, services.tokens, body.refresh_token)
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/api/v1/auth/me", response_model=UserOut)
+async def me(principal: UserDep, session: Session) -> UserOut:
+    assert principal.user_id is not None
+    return UserOut.model_validate(await service.active_user(session, principal.user_id))
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+
+@router.post(
+    "/api/v1/api-keys",
+    response_model=ApiKeyCreatedOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["api keys"],
+)
+async def create_api_key(
+    body: ApiKeyCreateIn, principal: Manager, session: Session, response: Response
+) -> ApiKeyCreatedOut:
+    assert principal.user_id is not None
+    if not set(body.scopes) <= principal.scopes:
+        raise ForbiddenError("a key cannot be given scopes its creator does not have")
+    if body.rate_limit_per_minute is not None and not principal.is_admin:
+        raise ForbiddenError("only administrators may set a key's rate limit")
+    user = await service.active_user(session, principal.user_id)
+    key, plaintext = await service.create_api_key(
+        session,
+        user,
+        name=body.name,
+        scopes=list(body.scopes),
+        expires_in_days=body.expires_in_days,
+        rate_limit_per_minute=body.rate_limit_per_minute,
+    )
+    await session.commit()
+    response.headers.update(NO_STORE)
+    return ApiKeyCreatedOut(**ApiKeyOut.model_validate(key).model_dump(), key=plaintext)
+
+
+@router.get("/api/v1/api-keys", response_model=ApiKeyListOut, tags=["api keys"])
+async def list_api_keys(principal: Manager, session: Session) -> ApiKeyListOut:
+    assert principal.user_id is not None
+    keys = await service.list_api_keys(session, principal.user_id)
+    return ApiKeyListOut(items=[ApiKeyOut.model_validate(k) for k in keys])
+
+
+@router.get("/api/v1/api-keys/{key_id}", response_model=ApiKeyOut, tags=["api keys"])
+async def get_api_key(key_id: uuid.UUID, principal: Manager, session: Session) -> ApiKeyOut:
+    return ApiKeyOut.model_validate(await service.get_api_key(session, principal, key_id))
+
+
+@router.patch("/api/v1/api-keys/{key_id}", response_model=ApiKeyOut, tags=["api keys"])
+async def update_api_key(
+    key_id: uuid.UUID, body: ApiKeyUpdateIn, principal: Manager, session: Session
+) -> ApiKeyOut:
+    key = await service.get_api_key(session, principal, key_id)
+    if body.scopes is not None and not set(body.scopes) <= principal.scopes:
+        raise ForbiddenError("a key cannot be given scopes its owner's credentials lack")
+    if "rate_limit_per_minute" in body.model_fields_set and not principal.is_admin:
+        raise ForbiddenError("only administrators may set a key's rate limit")
+    if body.name is not None:
+        key.name = body.name
+    if body.scopes is not None:
+        key.scopes = sorted(set(body.scopes))
+    if "rate_limit_per_minute" in body.model_fields_set:
+        key.rate_limit_per_minute = body.rate_limit_per_minute
+    await session.commit()
+    return ApiKeyOut.model_validate(key)
+
+
+@router.delete(
+    "/api/v1/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"]
+)
+async def revoke_api_key(key_id: uuid.UUID, principal: Manager, session: Session) -> Response:
+    """Revoke the key: every replica refuses it from the next request on."""
+    key = await service.get_api_key(session, principal, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = datetime.now(UTC)
+        await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- users (administrators) -----------------------------------------------------------------
+
+
+@router.get("/api/v1/users", response_model=UserListOut, tags=["users"])
+async def list_users(
+    _: AdminDep,
+    session: Session,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> UserListOut:
+    users = await service.list_users(session, offset, limit)
+    return UserListOut(items=[UserOut.model_validate(u) for u in users])
+
+
+@router.patch("/api/v1/users/{user_id}", response_model=UserOut, tags=["users"])
+async def update_user(
+    user_id: uuid.UUID, body: UserUpdateIn, _: AdminDep, session: Session
+) -> UserOut:
+    """Disable or enable an account, or change its role. Administrators only."""
+    user = await service.get_user(session, user_id)
+    if body.role is not None:
+        user.role = body.role
+    if body.disabled is not None:
+        user.disabled = body.disabled
+    await session.commit()
+    return UserOut.model_validate(user)

@@ -1,0 +1,109 @@
+"""JWT access and refresh tokens: HS256, explicit algorithm list, issuer/audience/expiry checked."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import jwt
+
+ALGORITHM = "HS256"
+TokenType = Literal["access", "refresh"]
+
+
+class InvalidTokenError(Exception):
+    """The token cannot be trusted; the message says why (without echoing the token)."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: uuid.UUID
+    token_id: uuid.UUID
+    token_type: TokenType
+    family_id: uuid.UUID | None
+    expires_at: datetime
+
+
+class TokenCodec:
+    def __init__(
+        self,
+        secret: str,
+        issuer: str,
+        audience: str,
+        access_ttl: timedelta,
+        refresh_ttl: timedelta,
+    ) -> None:
+        if len(secret.encode()) < 32:
+            raise ValueError("the JWT secret must be at least 32 bytes")
+        self._secret = secret
+        self._issuer = issuer
+        self._audience = audience
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+
+    def issue(
+        self,
+        user_id: uuid.UUID,
+        token_type: TokenType,
+        *,
+        token_id: uuid.UUID | None = None,
+        family_id: uuid.UUID | None = None,
+    ) -> tuple[str, TokenClaims]:
+        now = datetime.now(UTC)
+        ttl = self.access_ttl if token_type == "access" else self.refresh_ttl  # noqa: S105
+        claims = TokenClaims(
+            user_id=user_id,
+            token_id=token_id or uuid.uuid4(),
+            token_type=token_type,
+            family_id=family_id,
+            expires_at=now + ttl,
+        )
+        payload: dict[str, Any] = {
+            "sub": str(user_id),
+            "jti": str(claims.token_id),
+            "typ": token_type,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": now,
+            "nbf": now,
+            "exp": claims.expires_at,
+        }
+        if family_id is not None:
+            payload["fam"] = str(family_id)
+        return jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims
+
+    def decode(self, token: str, expected_type: TokenType) -> TokenClaims:
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub", "jti", "typ"]},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidTokenError("token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidTokenError("token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidTokenError("token audience is wrong") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidTokenError("token issuer is wrong") from None
+        except jwt.PyJWTError:
+            raise InvalidTokenError("token is malformed or its signature is wrong") from None
+        if payload.get("typ") != expected_type:
+            raise InvalidTokenError(f"a {expected_type} token is required here")
+        try:
+            return TokenClaims(
+                user_id=uuid.UUID(payload["sub"]),
+                token_id=uuid.UUID(payload["jti"]),
+                token_type=expected_type,
+                family_id=uuid.UUID(payload["fam"]) if "fam" in payload else None,
+                expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+            )
+        except (ValueError, TypeError):
+            raise InvalidTokenError("token claims are malformed") from None

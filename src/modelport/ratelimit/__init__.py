@@ -1,0 +1,1 @@
+"""Token buckets per API key, user and client address: in memory, or shared through Redis."""

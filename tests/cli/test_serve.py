@@ -1,0 +1,183 @@
+"""``modelport serve`` as a user runs it: a real process, real HTTP, a real SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
+from modelport.db.migrate import upgrade
+from modelport.settings import Settings
+from tests.helpers import WINE_ROW, register_trained
+
+MODELPORT = Path(sys.executable).with_name("modelport")
+STARTUP_DEADLINE_SECONDS = 120.0  # a hang guard, not a performance requirement
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_until_ready(self) -> httpx.Response:
+        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"modelport serve exited with {self.process.returncode}:\n{self.log}")
+            try:
+                response = httpx.get(f"{self.base_url}/health/ready", timeout=5)
+                if response.status_code == 200:
+                    return response
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"modelport serve was not ready in time:\n{self.log}")
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def wine_home(tmp_path: Path, trained_wine: TrainedWine) -> Path:
+    """A var dir whose SQLite registry holds the wine model as production v1."""
+    var = tmp_path / "var"
+    settings = Settings(
+        var_dir=var,
+        database_url=f"sqlite+aiosqlite:///{var / 'modelport.db'}",
+        artifact_store=(var / "artifacts").as_uri(),
+    )
+    var.mkdir()
+    upgrade(settings.database_url)
+    register_trained(settings, trained_wine)
+    return var
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, wine_home: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(*args: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+        env.update(
+            MODELPORT_VAR_DIR=str(wine_home),
+            MODELPORT_LOG_FORMAT="text",
+            # Only the shutdown flush can write the log rows within this test.
+            MODELPORT_PREDICTION_LOG_FLUSH_SECONDS="3600",
+        )
+        env.update(extra_env or {})
+        log_path = tmp_path / f"serve-{len(servers)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(MODELPORT), "serve", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so teardown reaches workers
+            )
+        server = Server(process, f"http://127.0.0.1:{port}", log_path)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+def logged_predictions(var: Path) -> list[tuple[str, str, str | None, str]]:
+    with sqlite3.connect(var / "modelport.db") as connection:
+        rows = connection.execute(
+            "SELECT request_id, model_name, model_version, status FROM predictions"
+        ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def expected_quality(trained_wine: TrainedWine) -> float:
+    session = ort.InferenceSession(trained_wine.onnx_bytes, providers=["CPUExecutionProvider"])
+    features = np.array([[WINE_ROW[name] for name in FEATURE_NAMES]], dtype=np.float32)
+    (result,) = session.run(None, {session.get_inputs()[0].name: features})
+    return float(np.asarray(result).ravel()[0])
+
+
+def assert_clean_exit(server: Server, returncode: int) -> None:
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete, so a clean stop is
+    # either exit status 0 or "terminated by SIGTERM" - never a crash or a forced kill.
+    assert returncode in (0, -signal.SIGTERM), server.log
+    assert "Application shutdown complete" in server.log
+    assert "Traceback" not in server.log
+
+
+def test_serve_predicts_and_flushes_the_log_on_sigterm(
+    start_server: Callable[..., Server], wine_home: Path, trained_wine: TrainedWine
+) -> None:
+    port = free_port()
+    server = start_server("--port", str(port), port=port)
+
+    ready = server.wait_until_ready()
+    assert ready.json()["components"]["models"]["detail"]["loaded"] == ["wine-quality:1"]
+
+    response = httpx.post(
+        f"{server.base_url}/predict", json=WINE_ROW, headers={"X-Request-ID": "sigterm-test-1"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "1"
+    assert body["predicted_quality"] == pytest.approx(expected_quality(trained_wine), abs=1e-5)
+
+    refused = httpx.post(f"{server.base_url}/predict", json={**WINE_ROW, "ph": 14.0})
+    assert refused.status_code == 422
+
+    assert logged_predictions(wine_home) == []  # still buffered: flush interval is an hour
+    assert_clean_exit(server, server.terminate())
+
+    rows = logged_predictions(wine_home)
+    assert ("sigterm-test-1", "wine-quality", "1", "success") in rows
+    assert len(rows) == 2
+    assert not (wine_home / "prediction-log-spool.jsonl").exists()
+
+
+def test_serve_takes_the_port_from_the_environment_and_runs_two_workers(
+    start_server: Callable[..., Server], wine_home: Path
+) -> None:
+    port = free_port()
+    server = start_server("--workers", "2", port=port, extra_env={"MODELPORT_PORT": str(port)})
+
+    server.wait_until_ready()
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for _ in range(8):
+            response = client.post("/predict", json=WINE_ROW)
+            assert response.status_code == 200, response.text
+            assert 0 <= response.json()["predicted_quality"] <= 10
+
+    assert_clean_exit(server, server.terminate())
+    assert server.log.count("Application shutdown complete") == 2  # both workers stopped
+    rows = logged_predictions(wine_home)
+    assert len(rows) == 8
+    assert {row[1:] for row in rows} == {("wine-quality", "1", "success")}
