@@ -16,6 +16,7 @@ from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
+from modelport.monitoring.metrics import router as metrics_router
 from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (
         health_router,
+        metrics_router,
         auth_router,
         serving_router,
         registry_router,

@@ -72,11 +72,19 @@ class PayloadTooLargeError(ModelportError):
         return [{"loc": ["body"], "msg": self.message, "type": "too_large"}]
 
 
-class ModelUnavailableError(ModelportError):
-    """The model exists but cannot be served right now (artifact missing, corrupt or unloadable)."""
+class ServiceUnavailableError(ModelportError):
+    """A part the request needs is down for now; retrying later may work."""
 
     status_code = 503
+    kind = "unavailable"
+    headers: dict[str, str] | None = {"Retry-After": "1"}
+
+
+class ModelUnavailableError(ServiceUnavailableError):
+    """The model exists but cannot be served right now (artifact missing, corrupt or unloadable)."""
+
     kind = "model_unavailable"
+    headers = None
 
 
 class ArtifactIntegrityError(ModelUnavailableError):

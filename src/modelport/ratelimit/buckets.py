@@ -11,6 +11,8 @@ from typing import Protocol
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
+from modelport.errors import ServiceUnavailableError
+
 logger = logging.getLogger(__name__)
 
 BACKEND_ERRORS = Counter(
@@ -124,10 +126,15 @@ class Limiter:
             logger.warning(
                 "rate limiter backend unreachable", extra={"error": str(exc), "outcome": outcome}
             )
+            if not self._fail_open:
+                raise ServiceUnavailableError(
+                    "the rate limiter cannot be reached, so requests are refused for now "
+                    "(MODELPORT_RATE_LIMIT_FAIL_OPEN=false); try again shortly"
+                ) from None
             return Decision(
-                allowed=self._fail_open,
+                allowed=True,
                 limit=limit.capacity,
-                remaining=limit.capacity if self._fail_open else 0,
+                remaining=limit.capacity,
                 reset_seconds=0,
-                retry_after=0 if self._fail_open else 1,
+                retry_after=0,
             )

@@ -127,12 +127,20 @@ async def register_version(
     details: dict[str, Any],
     model_description: str = "",
     alias: str | None = DEFAULT_ALIAS,
+    owner_id: uuid.UUID | None = None,
+    public: bool = True,
 ) -> ModelVersion:
     """Store the artifact, add the next version number and optionally point ``alias`` at it."""
     stored = store.put(artifact, artifact_suffix)
     model = await session.scalar(select(Model).where(Model.name == model_name))
     if model is None:
-        model = Model(name=model_name, task=task, description=model_description)
+        model = Model(
+            name=model_name,
+            task=task,
+            description=model_description,
+            owner_id=owner_id,
+            public=public,
+        )
         session.add(model)
         await session.flush()
     latest = await session.scalar(

@@ -12,6 +12,7 @@ import numpy as np
 
 from modelport.auth.principal import Principal
 from modelport.errors import ModelportError, ModelUnavailableError, NotFoundError
+from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
 from modelport.runtimes.signature import Signature
@@ -96,6 +97,10 @@ class PredictionService:
 
     def _record(self, call: _Call, outputs: Any, status: str, error: str | None) -> float:
         elapsed_ms = (time.perf_counter() - call.started) * 1000
+        # Label by registered name only: a caller's made-up names must not grow the metrics.
+        model_label = call.ref.model_name if call.ref else "unresolved"
+        PREDICTIONS.labels(model=model_label, status=status).inc()
+        PREDICTION_SECONDS.labels(model=model_label).observe(elapsed_ms / 1000)
         self._log.record(
             LogEntry(
                 request_id=call.request_id,
