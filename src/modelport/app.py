@@ -14,6 +14,8 @@ from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
 from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
+from modelport.images.router import router as images_router
+from modelport.jobs.router import router as jobs_router
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
 from modelport.monitoring.metrics import router as metrics_router
@@ -57,7 +59,11 @@ def create_app(settings: Settings) -> FastAPI:
         ],
     )
     app.add_middleware(ResponseHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     install_error_handlers(app)
     for router in (
         health_router,
@@ -67,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
         registry_router,
         datasets_router,
         predictions_router,
+        images_router,
+        jobs_router,
     ):
         app.include_router(router)
     return app

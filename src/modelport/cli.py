@@ -148,20 +148,58 @@ async def _train_and_register(settings: Settings, data: Path, name: str) -> str:
 
 @builtins_app.command("install")
 def builtins_install() -> None:
-    """Train and register the built-in models that are not registered yet."""
+    """Build and register the built-in models that are not registered yet."""
+    from modelport.builtin.imagenet import IMAGENET_MODEL_NAME
     from modelport.builtin.wine import WINE_MODEL_NAME
     from modelport.builtin.wine_data import WineDataUnavailableError, locate_wine_csv
 
     settings = _settings()
-    if WINE_MODEL_NAME in asyncio.run(_model_names(settings)):
+    registered = asyncio.run(_model_names(settings))
+    if WINE_MODEL_NAME in registered:
         typer.echo(f"{WINE_MODEL_NAME}: already registered")
-        return
+    else:
+        try:
+            data = locate_wine_csv(settings)
+        except WineDataUnavailableError as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(f"{WINE_MODEL_NAME}: training on {data}")
+        typer.echo(asyncio.run(_train_and_register(settings, data, WINE_MODEL_NAME)))
+    if IMAGENET_MODEL_NAME in registered:
+        typer.echo(f"{IMAGENET_MODEL_NAME}: already registered")
+    else:
+        typer.echo(f"{IMAGENET_MODEL_NAME}: converting EfficientNet-Lite0 to ONNX")
+        typer.echo(asyncio.run(_convert_and_register_imagenet(settings)))
+
+
+async def _convert_and_register_imagenet(settings: Settings) -> str:
+    from modelport.builtin.imagenet import (
+        IMAGENET_MODEL_NAME,
+        convert_efficientnet,
+        register_imagenet,
+    )
+    from modelport.registry.artifacts import open_artifact_store
+    from modelport.registry.tables import ModelVersion
+
     try:
-        data = locate_wine_csv(settings)
-    except WineDataUnavailableError as exc:
-        raise _fail(str(exc)) from None
-    typer.echo(f"{WINE_MODEL_NAME}: training on {data}")
-    typer.echo(asyncio.run(_train_and_register(settings, data, WINE_MODEL_NAME)))
+        converted = await asyncio.to_thread(convert_efficientnet)
+    except ImportError as exc:
+        raise _fail(
+            f"converting the ImageNet classifier needs PyTorch at setup ({exc}); "
+            "run `make setup`, which installs it from requirements.lock"
+        ) from None
+    store = open_artifact_store(settings.artifact_store)
+
+    async def register(session: AsyncSession) -> ModelVersion:
+        version = await register_imagenet(session, store, converted)
+        await session.commit()
+        return version
+
+    version = await _in_session(settings, register)
+    diff = converted.max_abs_diff
+    return (
+        f"registered {IMAGENET_MODEL_NAME} v{version.version} -> production "
+        f"(ONNX agrees with PyTorch within {diff:.1e})"
+    )
 
 
 async def _model_names(settings: Settings) -> list[str]:

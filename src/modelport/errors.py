@@ -18,6 +18,18 @@ class ModelportError(Exception):
         return self.message
 
 
+class BadRequestError(ModelportError):
+    """The request cannot be used at all (e.g. an upload that is not an image)."""
+
+    status_code = 400
+    kind = "bad_request"
+
+
+class UnsupportedMediaTypeError(ModelportError):
+    status_code = 415
+    kind = "unsupported_media_type"
+
+
 class NotFoundError(ModelportError):
     status_code = 404
     kind = "not_found"

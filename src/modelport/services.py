@@ -15,6 +15,8 @@ from modelport.auth.jwt_secret import load_or_create_secret
 from modelport.auth.key_usage import KeyUsageRecorder
 from modelport.auth.tokens import TokenCodec
 from modelport.db.engine import create_engine, create_session_factory
+from modelport.images.service import CLASSIFY_JOB, ImageService
+from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
@@ -41,6 +43,8 @@ class Services:
     tokens: TokenCodec
     limiter: Limiter
     key_usage: KeyUsageRecorder
+    jobs: JobRunner
+    images: ImageService
     redis: Redis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -71,6 +75,15 @@ class Services:
             Redis.from_url(settings.redis_url, socket_timeout=0.5) if settings.redis_url else None
         )
         buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
+        runner = JobRunner(
+            session_factory,
+            poll_seconds=settings.job_poll_seconds,
+            lease_seconds=settings.job_lease_seconds,
+        )
+        images = ImageService(
+            session_factory, store, resolver, models, log, runner, settings.max_image_pixels
+        )
+        runner.register(CLASSIFY_JOB, images.handle_job)
         return cls(
             settings,
             engine,
@@ -83,12 +96,16 @@ class Services:
             tokens=tokens,
             limiter=Limiter(buckets, fail_open=settings.rate_limit_fail_open),
             key_usage=KeyUsageRecorder(session_factory),
+            jobs=runner,
+            images=images,
             redis=redis,
         )
 
     async def start(self) -> None:
         self.prediction_log.start()
         self.key_usage.start()
+        if self.settings.run_jobs:
+            self.jobs.start()
         self._tasks.append(asyncio.create_task(self._preload_production(), name="preload"))
 
     async def stop(self) -> None:
@@ -96,6 +113,7 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.jobs.close()
         await self.key_usage.close()
         await self.prediction_log.close(self.settings.shutdown_flush_seconds)
         if self.redis is not None:

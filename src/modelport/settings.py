@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     rate_limit_user_per_minute: int = Field(default=600, ge=1)
     rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
 
+    max_upload_bytes: int = Field(
+        default=10 * 1_048_576, ge=1024, description="Largest multipart upload (images)."
+    )
+    max_image_pixels: int = Field(
+        default=40_000_000, ge=1, description="Images declaring more pixels are refused."
+    )
+    run_jobs: bool = Field(default=True, description="This process runs background jobs.")
+    job_poll_seconds: float = Field(default=1.0, gt=0)
+    job_lease_seconds: float = Field(default=300.0, gt=0)
+
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )

@@ -33,7 +33,12 @@ from modelport.auth.schemas import (
     UserUpdateIn,
 )
 from modelport.dependencies import get_session
-from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
+from modelport.errors import (
+    ForbiddenError,
+    InvalidInputError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
 from modelport.ratelimit.buckets import Limit
 from modelport.services import Services
 
@@ -82,6 +87,14 @@ async def _login_throttle(services: Services, keys: list[str]) -> None:
             raise TooManyRequestsError(f"too many failed sign-ins; try again in {wait} s", wait)
 
 
+def _account_key(email: str) -> str:
+    """The account an email names, so respelling it (case, width, Unicode form) buys no tries."""
+    try:
+        return service.normalize_email(email)
+    except InvalidInputError:
+        return email.strip().lower()
+
+
 @router.post(
     "/api/v1/auth/login",
     response_model=TokenPairOut,
@@ -90,7 +103,7 @@ async def _login_throttle(services: Services, keys: list[str]) -> None:
 async def login(
     body: Credentials, request: Request, response: Response, session: Session, services: ServicesDep
 ) -> TokenPairOut:
-    email_key = f"login-fail:email:{body.email.strip().lower()}"
+    email_key = f"login-fail:email:{_account_key(body.email)}"
     address_key = f"login-fail:ip:{client_address(request)}"
     await _login_throttle(services, [email_key, address_key])
     try:

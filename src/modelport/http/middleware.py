@@ -42,15 +42,21 @@ def _context_headers(request_id: str, started: float) -> list[tuple[bytes, bytes
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int | None = None
+    ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.max_json_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        # File uploads (multipart) may be larger than JSON bodies; each has its own limit.
+        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        limit = self.max_upload_bytes if is_upload else self.max_json_bytes
         given = headers.get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -59,9 +65,9 @@ class RequestContextMiddleware:
         status = 500
 
         declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isdigit() and int(declared) > limit:
             status = 413
-            detail = too_large_detail(self.max_body_bytes)
+            detail = too_large_detail(limit)
             await self._send_json(send, 413, detail, request_id, started)
             self._log(scope, status, started, request_id)
             request_id_var.reset(token)
@@ -75,8 +81,8 @@ class RequestContextMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLargeError(self.max_body_bytes)
+                if received > limit:
+                    raise BodyTooLargeError(limit)
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -96,9 +102,7 @@ class RequestContextMiddleware:
             if response_started:  # the app already answered; nothing more can be sent
                 raise
             status = 413
-            await self._send_json(
-                send, 413, too_large_detail(self.max_body_bytes), request_id, started
-            )
+            await self._send_json(send, 413, too_large_detail(limit), request_id, started)
         except Exception:
             # Starlette answers unhandled errors outside every user middleware, so that 500
             # would carry no request id; answer here while the id is still known, then let

@@ -25,6 +25,8 @@ class ArtifactStore(Protocol):
 
     def open_verified(self, uri: str, sha256: str) -> bytes: ...
 
+    def delete(self, uri: str) -> None: ...
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -65,6 +67,10 @@ class LocalArtifactStore:
                 "it was changed after registration and will not be served"
             )
         return data
+
+    def delete(self, uri: str) -> None:
+        """Remove the file behind ``uri``; a file that is already gone is fine."""
+        self._path_of(uri).unlink(missing_ok=True)
 
     def _path_of(self, uri: str) -> Path:
         parts = urlsplit(uri)

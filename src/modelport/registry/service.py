@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -32,6 +32,8 @@ class VersionRef:
     signature: Signature
     owner_id: uuid.UUID | None = None
     public: bool = True
+    # Flavor-specific serving facts (e.g. class labels, image preprocessing).
+    details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def _ref(model: Model, version: ModelVersion) -> VersionRef:
@@ -45,6 +47,7 @@ def _ref(model: Model, version: ModelVersion) -> VersionRef:
         signature=Signature.model_validate(version.signature),
         owner_id=model.owner_id,
         public=model.public,
+        details=version.details,
     )
 
 

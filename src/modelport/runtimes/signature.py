@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-FieldType = Literal["float", "int"]
+FieldType = Literal["float", "int", "image", "str"]
 _PYTHON_TYPES: dict[str, type] = {"float": float, "int": int}
 
 
@@ -28,7 +28,7 @@ class Signature(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    task: Literal["regression", "classification"]
+    task: Literal["regression", "classification", "image_classification"]
     inputs: tuple[FieldSpec, ...]
     outputs: tuple[FieldSpec, ...]
 
@@ -38,6 +38,10 @@ class Signature(BaseModel):
 
     def example_row(self) -> dict[str, float]:
         return {spec.name: spec.example for spec in self.inputs if spec.example is not None}
+
+    @property
+    def takes_image(self) -> bool:
+        return any(spec.type == "image" for spec in self.inputs)
 
     def row_model(self) -> type[BaseModel]:
         return _row_model(self)

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.datastructures import UploadFile
 
 from modelport.auth.dependencies import Predictor
+from modelport.auth.principal import Principal
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.dependencies import get_services
+from modelport.errors import InvalidInputError
 from modelport.services import Services
 from modelport.serving.schemas import PredictionsOut, WinePredictionOut
 from modelport.serving.service import PredictionResult, Target
@@ -58,10 +61,46 @@ _GENERIC_BODY = _body(
         "single": {"summary": "One row", "value": _WINE_EXAMPLE},
     },
 )
+# Image models (e.g. imagenet-classifier) take the photo as a multipart upload instead.
+_GENERIC_BODY["requestBody"]["content"]["multipart/form-data"] = {
+    "schema": {
+        "type": "object",
+        "properties": {"file": {"type": "string", "format": "binary"}},
+        "required": ["file"],
+    }
+}
 
 
 def _request_id(request: Request) -> str:
     return str(request.state.request_id)
+
+
+def _is_upload(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+async def _classify_upload(
+    request: Request, services: Services, caller: Principal, target: Target
+) -> PredictionsOut:
+    """Image models take a multipart upload (field ``file``) and answer the top 5 at once."""
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInputError(
+                "send the image as a file in the multipart field 'file'",
+                [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
+            )
+        data = await upload.read()
+    result = await services.images.classify_now(
+        caller, target.name, data, _request_id(request), target.version, target.alias
+    )
+    return PredictionsOut(
+        model_name=result.model_name,
+        model_version=result.model_version,
+        predictions=result.top5,
+        processing_time_ms=round(result.latency_ms, 3),
+        request_id=_request_id(request),
+    )
 
 
 def _predictions_out(result: PredictionResult) -> PredictionsOut:
@@ -114,8 +153,11 @@ async def predict(
     caller: Predictor,
     alias: AliasQuery = None,
 ) -> PredictionsOut:
+    target = Target(name, alias=alias)
+    if _is_upload(request):
+        return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
-        Target(name, alias=alias), await request.body(), _request_id(request), caller
+        target, await request.body(), _request_id(request), caller
     )
     return _predictions_out(result)
 
@@ -134,7 +176,10 @@ async def predict_version(
     services: ServicesDep,
     caller: Predictor,
 ) -> PredictionsOut:
+    target = Target(name, version=version)
+    if _is_upload(request):
+        return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
-        Target(name, version=version), await request.body(), _request_id(request), caller
+        target, await request.body(), _request_id(request), caller
     )
     return _predictions_out(result)

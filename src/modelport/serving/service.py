@@ -11,7 +11,12 @@ import anyio
 import numpy as np
 
 from modelport.auth.principal import Principal
-from modelport.errors import ModelportError, ModelUnavailableError, NotFoundError
+from modelport.errors import (
+    ModelportError,
+    ModelUnavailableError,
+    NotFoundError,
+    UnsupportedMediaTypeError,
+)
 from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
@@ -69,6 +74,11 @@ class PredictionService:
             if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
                 raise NotFoundError(f"model {target.name!r} not found")
             call.ref = ref
+            if ref.signature.takes_image:
+                raise UnsupportedMediaTypeError(
+                    f"model {ref.model_name!r} takes an image: send it as multipart/form-data "
+                    "with the file in the field 'file'"
+                )
             rows = extract_rows(call.payload, self._max_batch_rows, allow_batch=allow_batch)
             features = validate_rows(ref.signature, rows)
             model = await self._cache.get(ref)

@@ -12,6 +12,8 @@ from modelport.auth import tables as _auth  # noqa: F401
 from modelport.datasets import tables as _datasets  # noqa: F401
 from modelport.db.base import Base
 from modelport.db.engine import create_engine
+from modelport.images import tables as _images  # noqa: F401
+from modelport.jobs import tables as _jobs  # noqa: F401
 from modelport.monitoring import tables as _monitoring  # noqa: F401
 from modelport.registry import tables as _registry  # noqa: F401
 

@@ -1,0 +1,1 @@
+"""Image uploads classified in the background, with results kept, listed, corrected, deleted."""

@@ -1,0 +1,103 @@
+"""Upload a photo, read what it shows, correct or delete the result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
+
+from modelport.auth.dependencies import Predictor, SignedInReader, get_principal
+from modelport.auth.principal import Principal
+from modelport.dependencies import get_services
+from modelport.images.schemas import (
+    CorrectionIn,
+    CorrectionOut,
+    ImageAcceptedOut,
+    ImagePredictionOut,
+    ImagePredictionPageOut,
+    ImageStatus,
+)
+from modelport.images.tables import ImagePrediction
+from modelport.services import Services
+
+router = APIRouter(prefix="/api/v1/images/predictions", tags=["images"])
+ServicesDep = Annotated[Services, Depends(get_services)]
+AnyCaller = Annotated[Principal, Depends(get_principal)]
+
+
+def present(record: ImagePrediction) -> ImagePredictionOut:
+    correction = None
+    if record.corrected_label is not None and record.corrected_at is not None:
+        correction = CorrectionOut(
+            label=record.corrected_label,
+            confidence=record.corrected_confidence
+            if record.corrected_confidence is not None
+            else 1.0,
+            corrected_by=record.corrected_by,
+            corrected_at=record.corrected_at,
+        )
+    return ImagePredictionOut.model_validate(record).model_copy(update={"correction": correction})
+
+
+@router.post(
+    "",
+    response_model=ImageAcceptedOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload a photo to classify in the background",
+    responses={
+        400: {"description": "Not an image, damaged, or far too many pixels"},
+        413: {"description": "File larger than MODELPORT_MAX_UPLOAD_BYTES"},
+    },
+)
+async def upload(
+    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
+    caller: Predictor,
+    services: ServicesDep,
+) -> ImageAcceptedOut:
+    record = await services.images.accept(caller, file.filename, await file.read())
+    return ImageAcceptedOut(
+        id=record.id, filename=record.filename, status="pending", job_id=record.job_id
+    )
+
+
+@router.get("", response_model=ImagePredictionPageOut, summary="Your image predictions")
+async def list_images(
+    viewer: SignedInReader,
+    services: ServicesDep,
+    status_filter: Annotated[ImageStatus | None, Query(alias="status")] = None,
+    label: Annotated[str | None, Query(max_length=128)] = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> ImagePredictionPageOut:
+    records, total = await services.images.list(
+        viewer, status=status_filter, label=label, offset=offset, limit=limit
+    )
+    return ImagePredictionPageOut(
+        items=[present(r) for r in records], total=total, offset=offset, limit=limit
+    )
+
+
+@router.get("/{image_id}", response_model=ImagePredictionOut, summary="One image's result")
+async def get_image(
+    image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep
+) -> ImagePredictionOut:
+    return present(await services.images.get(caller, image_id))
+
+
+@router.put("/{image_id}", response_model=ImagePredictionOut, summary="Record a human correction")
+async def correct_image(
+    image_id: uuid.UUID, body: CorrectionIn, caller: AnyCaller, services: ServicesDep
+) -> ImagePredictionOut:
+    record = await services.images.correct(caller, image_id, body.label, body.confidence)
+    return present(record)
+
+
+@router.delete(
+    "/{image_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete the result and the stored image",
+)
+async def delete_image(image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep) -> Response:
+    await services.images.delete(caller, image_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,258 @@
+"""Accept image uploads, classify them (in a durable job or at once), keep and curate results."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelport.auth.principal import Principal
+from modelport.errors import BadRequestError, NotFoundError, UnsupportedMediaTypeError
+from modelport.images.classifier import Classification, classify
+from modelport.images.decoding import inspect_image
+from modelport.images.tables import ImagePrediction
+from modelport.jobs import service as jobs
+from modelport.jobs.runner import JobRunner, PermanentJobError
+from modelport.jobs.tables import Job
+from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
+from modelport.registry.artifacts import ArtifactStore
+from modelport.registry.service import VersionRef
+from modelport.serving.model_cache import ModelCache
+from modelport.serving.resolver import VersionResolver
+
+CLASSIFY_JOB = "classify-image"
+DEFAULT_IMAGE_MODEL = "imagenet-classifier"
+
+
+def _display_name(filename: str | None) -> str:
+    """The client's name, kept only as metadata: no path, no control characters, bounded."""
+    name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in name if ch.isprintable() and ch != "\x00").strip()
+    return (cleaned or "upload")[:255]
+
+
+def _can_access(viewer: Principal, record: ImagePrediction) -> bool:
+    # Anonymous uploads have no owner: their unguessable id is what grants access to them.
+    return viewer.is_admin or record.owner_id is None or record.owner_id == viewer.user_id
+
+
+@dataclass
+class ImageService:
+    session_factory: async_sessionmaker[AsyncSession]
+    store: ArtifactStore
+    resolver: VersionResolver
+    models: ModelCache
+    log: PredictionLogWriter
+    runner: JobRunner
+    max_pixels: int
+
+    # --- uploads and the background job ---------------------------------------------------
+
+    async def accept(self, caller: Principal, filename: str | None, data: bytes) -> ImagePrediction:
+        """Check the bytes are an image, store them, and queue the classification in the same
+        transaction as the record, so an accepted upload always gets classified."""
+        if not data:
+            raise BadRequestError("the uploaded file is empty")
+        info = inspect_image(data, self.max_pixels)
+        stored = self.store.put(data, info.suffix)
+        async with self.session_factory() as session:
+            record = ImagePrediction(
+                owner_id=caller.user_id,
+                client_address=caller.client_address[:64],
+                filename=_display_name(filename),
+                content_type=info.mime_type,
+                width=info.width,
+                height=info.height,
+                size_bytes=stored.size_bytes,
+                sha256=stored.sha256,
+                artifact_uri=stored.uri,
+                model_name=DEFAULT_IMAGE_MODEL,
+            )
+            session.add(record)
+            await session.flush()
+            job = await jobs.enqueue(
+                session, CLASSIFY_JOB, {"image_id": str(record.id)}, owner_id=caller.user_id
+            )
+            record.job_id = job.id
+            await session.commit()
+        self.runner.notify()
+        return record
+
+    async def handle_job(self, job: Job) -> dict[str, Any]:
+        image_id = uuid.UUID(job.payload["image_id"])
+        async with self.session_factory() as session:
+            record = await session.get(ImagePrediction, image_id)
+            if record is None:
+                return {"skipped": "the image was deleted before it was classified"}
+            try:
+                data = self.store.open_verified(record.artifact_uri, record.sha256)
+                model = await self.models.get(await self._image_model(record.model_name))
+                result = await classify(model, data, self.max_pixels)
+            except (BadRequestError, NotFoundError, UnsupportedMediaTypeError) as exc:
+                record.status, record.error = "failed", exc.message
+                record.completed_at = datetime.now(UTC)
+                await session.commit()
+                raise PermanentJobError(exc.message) from exc
+            _apply(record, result)
+            await session.commit()
+        self._log(f"job:{job.id}", result, record, owner=record.owner_id)
+        return {"image_id": str(image_id), "top_prediction": result.top5[0]["label"]}
+
+    async def _image_model(
+        self, name: str, version: int | None = None, alias: str | None = None
+    ) -> VersionRef:
+        ref = await self.resolver.resolve(name, version, alias)
+        if not ref.signature.takes_image:
+            raise UnsupportedMediaTypeError(f"model {name!r} does not take images")
+        return ref
+
+    # --- synchronous use ------------------------------------------------------------------
+
+    async def classify_now(
+        self,
+        caller: Principal,
+        name: str,
+        data: bytes,
+        request_id: str,
+        version: int | None = None,
+        alias: str | None = None,
+    ) -> Classification:
+        ref = await self.resolver.resolve(name, version, alias)
+        if not caller.can_see(ref.owner_id, ref.public):
+            raise NotFoundError(f"model {name!r} not found")
+        if not ref.signature.takes_image:
+            raise UnsupportedMediaTypeError(f"model {name!r} takes JSON rows, not an image upload")
+        if not data:
+            raise BadRequestError("the uploaded file is empty")
+        info = inspect_image(data, self.max_pixels)
+        result = await classify(await self.models.get(ref), data, self.max_pixels)
+        self.log.record(
+            LogEntry(
+                request_id=request_id,
+                model_name=ref.model_name,
+                model_version=str(ref.version),
+                inputs={
+                    "image": {
+                        "format": info.format,
+                        "width": info.width,
+                        "height": info.height,
+                        "bytes": len(data),
+                    }
+                },
+                outputs=result.top5,
+                latency_ms=round(result.latency_ms, 3),
+                status="success",
+                user_id=caller.user_id,
+                api_key_id=caller.api_key_id,
+                client_address=caller.client_address[:64],
+            )
+        )
+        return result
+
+    def _log(
+        self,
+        request_id: str,
+        result: Classification,
+        record: ImagePrediction,
+        owner: uuid.UUID | None,
+    ) -> None:
+        self.log.record(
+            LogEntry(
+                request_id=request_id,
+                model_name=result.model_name,
+                model_version=result.model_version,
+                inputs={"image_id": str(record.id), "sha256": record.sha256},
+                outputs=result.top5,
+                latency_ms=round(result.latency_ms, 3),
+                status="success",
+                user_id=owner,
+                client_address=record.client_address,
+            )
+        )
+
+    # --- reading and curating -------------------------------------------------------------
+
+    async def get(self, viewer: Principal, image_id: uuid.UUID) -> ImagePrediction:
+        async with self.session_factory() as session:
+            return await self._get(session, viewer, image_id)
+
+    async def _get(
+        self, session: AsyncSession, viewer: Principal, image_id: uuid.UUID
+    ) -> ImagePrediction:
+        record = await session.get(ImagePrediction, image_id)
+        if record is None or not _can_access(viewer, record):
+            raise NotFoundError(f"image prediction {image_id} not found")
+        return record
+
+    async def list(
+        self,
+        viewer: Principal,
+        *,
+        status: str | None,
+        label: str | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[ImagePrediction], int]:
+        """Newest first. A label matches the model's top answer or the human correction."""
+        query = select(ImagePrediction)
+        if not viewer.is_admin:
+            query = query.where(ImagePrediction.owner_id == viewer.user_id)
+        if status is not None:
+            query = query.where(ImagePrediction.status == status)
+        if label is not None:
+            query = query.where(
+                or_(
+                    ImagePrediction.top_prediction == label,
+                    ImagePrediction.corrected_label == label,
+                )
+            )
+        async with self.session_factory() as session:
+            total = await session.scalar(select(func.count()).select_from(query.subquery()))
+            page = await session.scalars(
+                query.order_by(ImagePrediction.created_at.desc(), ImagePrediction.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(page), int(total or 0)
+
+    async def correct(
+        self, viewer: Principal, image_id: uuid.UUID, label: str, confidence: float
+    ) -> ImagePrediction:
+        """Record a person's answer beside the model's, attributed and timestamped."""
+        async with self.session_factory() as session:
+            record = await self._get(session, viewer, image_id)
+            record.corrected_label = label
+            record.corrected_confidence = confidence
+            record.corrected_by = viewer.user_id
+            record.corrected_at = datetime.now(UTC)
+            await session.commit()
+            return record
+
+    async def delete(self, viewer: Principal, image_id: uuid.UUID) -> None:
+        """Remove the record and the stored image (unless another record holds the same file)."""
+        async with self.session_factory() as session:
+            record = await self._get(session, viewer, image_id)
+            uri, sha256 = record.artifact_uri, record.sha256
+            await session.delete(record)
+            await session.commit()
+            still_used = await session.scalar(
+                select(func.count()).where(ImagePrediction.sha256 == sha256)
+            )
+        if not still_used:
+            self.store.delete(uri)
+
+
+def _apply(record: ImagePrediction, result: Classification) -> None:
+    record.status = "completed"
+    record.top_prediction = result.top5[0]["label"]
+    record.confidence = result.top5[0]["probability"]
+    record.all_predictions = result.top5
+    record.model_name = result.model_name
+    record.model_version = result.model_version
+    record.latency_ms = round(result.latency_ms, 3)
+    record.error = None
+    record.completed_at = datetime.now(UTC)

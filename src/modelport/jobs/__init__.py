@@ -1,0 +1,1 @@
+"""Durable background jobs: a table of work that survives restarts and runs once per job."""

@@ -1,0 +1,110 @@
+"""The background loop each server process runs: lease a job, run its handler, record it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelport.jobs import service
+from modelport.jobs.tables import Job
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[Job], Awaitable[dict[str, Any]]]
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (bad input); do not retry it."""
+
+
+class JobRunner:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        *,
+        poll_seconds: float = 0.5,
+        lease_seconds: float = 300.0,
+    ) -> None:
+        self._session_factory = session_factory
+        self._poll_seconds = poll_seconds
+        self._lease = timedelta(seconds=lease_seconds)
+        self._handlers: dict[str, Handler] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.completed = 0
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def notify(self) -> None:
+        """A job was just enqueued here: look now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._handlers:
+            self._task = asyncio.create_task(self._run(), name="job-runner")
+
+    async def close(self) -> None:
+        """Stop taking jobs. One that is running finishes or, if cut off, its lease runs out
+        and another worker (or this one after a restart) runs it again."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run_once(self) -> bool:
+        """Lease and run one job; False when there was nothing to do."""
+        async with self._session_factory() as session:
+            job = await service.lease_next(
+                session, self.worker_id, list(self._handlers), self._lease
+            )
+        if job is None:
+            return False
+        await self._execute(job)
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                while await self.run_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away: keep polling, it will come back
+                logger.warning("job runner could not lease a job", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _execute(self, job: Job) -> None:
+        handler = self._handlers[job.kind]
+        try:
+            result = await handler(job)
+        except asyncio.CancelledError:
+            raise
+        except PermanentJobError as exc:
+            await self._finish(job, error=str(exc))
+        except Exception as exc:
+            logger.exception("job failed", extra={"job_id": str(job.id), "kind": job.kind})
+            retry = job.attempts < job.max_attempts
+            await self._finish(job, error=f"{type(exc).__name__}: {exc}", retry=retry)
+        else:
+            await self._finish(job, result=result)
+            self.completed += 1
+
+    async def _finish(self, job: Job, **outcome: Any) -> None:
+        async with self._session_factory() as session:
+            kept = await service.finish(session, job.id, self.worker_id, **outcome)
+        if not kept:
+            logger.warning("job lease was lost before it finished", extra={"job_id": str(job.id)})
