@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from modelport.errors import BadRequestError, InvalidInputError
 from modelport.runtimes.signature import FieldSpec, Signature
@@ -144,7 +144,7 @@ def infer_onnx_signature(model: onnx.ModelProto, task: str | None) -> Signature:
     )
     return Signature(
         task="classification" if is_classifier else "regression",
-        inputs=tuple(FieldSpec(name=f"x{i}", type=kind) for i in range(n_features)),  # type: ignore[arg-type]
+        inputs=tuple(FieldSpec(name=f"x{i}", type=kind) for i in range(n_features)),
         outputs=outputs,
     )
 
