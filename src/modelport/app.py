@@ -23,6 +23,7 @@ from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
 from modelport.serving.router import router as serving_router
+from modelport.serving.v2_router import router as v2_router
 from modelport.settings import Settings, load_settings
 
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+        max_model_upload_bytes=settings.max_model_upload_bytes,
     )
     install_error_handlers(app)
     for router in (
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics_router,
         auth_router,
         serving_router,
+        v2_router,
         registry_router,
         datasets_router,
         predictions_router,

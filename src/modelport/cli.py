@@ -17,6 +17,8 @@ from modelport.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from modelport.registry.tables import Model
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -147,15 +149,26 @@ async def _train_and_register(settings: Settings, data: Path, name: str) -> str:
 
 
 @builtins_app.command("install")
-def builtins_install() -> None:
+def builtins_install(
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Install just this built-in (wine-quality, imagenet-classifier)"),
+    ] = None,
+) -> None:
     """Build and register the built-in models that are not registered yet."""
     from modelport.builtin.imagenet import IMAGENET_MODEL_NAME
     from modelport.builtin.wine import WINE_MODEL_NAME
     from modelport.builtin.wine_data import WineDataUnavailableError, locate_wine_csv
 
+    wanted = set(only or [WINE_MODEL_NAME, IMAGENET_MODEL_NAME])
+    unknown = wanted - {WINE_MODEL_NAME, IMAGENET_MODEL_NAME}
+    if unknown:
+        raise _fail(f"no built-in model named {sorted(unknown)}")
     settings = _settings()
     registered = asyncio.run(_model_names(settings))
-    if WINE_MODEL_NAME in registered:
+    if WINE_MODEL_NAME not in wanted:
+        pass
+    elif WINE_MODEL_NAME in registered:
         typer.echo(f"{WINE_MODEL_NAME}: already registered")
     else:
         try:
@@ -164,7 +177,9 @@ def builtins_install() -> None:
             raise _fail(str(exc)) from None
         typer.echo(f"{WINE_MODEL_NAME}: training on {data}")
         typer.echo(asyncio.run(_train_and_register(settings, data, WINE_MODEL_NAME)))
-    if IMAGENET_MODEL_NAME in registered:
+    if IMAGENET_MODEL_NAME not in wanted:
+        pass
+    elif IMAGENET_MODEL_NAME in registered:
         typer.echo(f"{IMAGENET_MODEL_NAME}: already registered")
     else:
         typer.echo(f"{IMAGENET_MODEL_NAME}: converting EfficientNet-Lite0 to ONNX")
@@ -203,18 +218,16 @@ async def _convert_and_register_imagenet(settings: Settings) -> str:
 
 
 async def _model_names(settings: Settings) -> list[str]:
-    from modelport.registry.service import list_models
-
-    return [model.name for model in await _in_session(settings, list_models)]
+    models = await _in_session(settings, _every_model)
+    return [model.name for model in models]
 
 
 @models_app.command("list")
 def models_list() -> None:
     """Print every registered model with its latest version and aliases."""
     from modelport.registry.schemas import ModelOut
-    from modelport.registry.service import list_models
 
-    models = [ModelOut.of(m) for m in asyncio.run(_in_session(_settings(), list_models))]
+    models = [ModelOut.of(m) for m in asyncio.run(_in_session(_settings(), _every_model))]
     if not models:
         typer.echo("no models registered; run `make run` or `modelport train-wine --data PATH`")
         return
@@ -249,6 +262,13 @@ def users_create_admin(
     except ModelportError as exc:
         raise _fail(exc.message) from None
     typer.echo(f"administrator {created} created")
+
+
+async def _every_model(session: AsyncSession) -> list[Model]:
+    from modelport.registry.service import list_models
+
+    models, _total = await list_models(session)
+    return models
 
 
 async def _in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "MODELPORT_"
+
+# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a
+# letter or digit (the rule every S3-compatible store accepts).
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 # Plain scheme -> the async driver SQLAlchemy needs; users may write either.
 _DATABASE_SCHEMES = {
@@ -36,6 +48,29 @@ def normalize_database_url(url: str) -> str:
     return f"{_DATABASE_SCHEMES[scheme]}://{rest}"
 
 
+def split_s3_store_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; refuse what S3 cannot hold."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        raise ValueError("must be an s3://bucket[/prefix] URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "put no credentials in the s3:// URL; set MODELPORT_S3_ACCESS_KEY_ID and "
+            "MODELPORT_S3_SECRET_ACCESS_KEY instead"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("an s3:// store URL takes no ?query or #fragment: s3://bucket[/prefix]")
+    if not _S3_BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
+        raise ValueError(
+            f"{parts.netloc!r} is not a valid bucket name (3-63 lowercase letters, digits, dots "
+            "and hyphens); use s3://bucket[/prefix]"
+        )
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise ValueError(f"the prefix {prefix!r} has an empty, '.' or '..' segment")
+    return parts.netloc, prefix
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -45,7 +80,24 @@ class Settings(BaseSettings):
         default=Path("var"), description="Where the embedded defaults keep their files."
     )
     database_url: str = Field(default="", description="SQLAlchemy URL; SQLite under var/ if empty.")
-    artifact_store: str = Field(default="", description="file:///abs/path; var/artifacts if empty.")
+    artifact_store: str = Field(
+        default="", description="file:///abs/path or s3://bucket/prefix; var/artifacts if empty."
+    )
+    # S3-compatible artifact storage (used when artifact_store is s3://...). Unset values fall
+    # back to boto3's own chain (AWS_* variables, ~/.aws, an instance or pod role).
+    s3_endpoint_url: str | None = Field(
+        default=None, description="http(s) URL of an S3-compatible service; AWS if empty."
+    )
+    s3_region: str | None = Field(default=None, description="Region of the bucket.")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = Field(default=None, validate_default=True)
+    s3_connect_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="Seconds to wait for a connection to S3."
+    )
+    artifact_cache_dir: Path | None = Field(
+        default=None,
+        description="Local sha256-checked copies of S3 artifacts; var/artifact-cache if empty.",
+    )
     datasets_dir: Path | None = Field(default=None, description="Folder holding the UCI wine CSVs.")
     wine_download_url: str = (
         "https://archive.ics.uci.edu/ml/machine-learning-databases/wine-quality/winequality-red.csv"
@@ -95,6 +147,13 @@ class Settings(BaseSettings):
     rate_limit_user_per_minute: int = Field(default=600, ge=1)
     rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
 
+    allow_pickle: bool = Field(
+        default=False,
+        description="Let administrators upload pickle/joblib models (they run code when loaded).",
+    )
+    max_model_upload_bytes: int = Field(
+        default=500 * 1_048_576, ge=1024, description="Largest model file upload."
+    )
     max_upload_bytes: int = Field(
         default=10 * 1_048_576, ge=1024, description="Largest multipart upload (images)."
     )
@@ -146,12 +205,39 @@ class Settings(BaseSettings):
         if not value:
             return value
         parts = urlsplit(value)
+        if parts.scheme == "s3":
+            split_s3_store_url(value)
+            return value
         if parts.scheme != "file":
-            raise ValueError("must be a file:///absolute/path URL")
+            raise ValueError("must be a file:///absolute/path or s3://bucket[/prefix] URL")
         # file://var/artifacts parses as host "var", path "/artifacts": refuse, don't misplace.
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError("the file:// path must be absolute, e.g. file:///srv/modelport")
         return value
+
+    @field_validator("s3_region", "s3_access_key_id")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint_url(cls, value: str | None) -> str | None:
+        parts = urlsplit(value or "")
+        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError("must be an http:// or https:// URL such as http://minio:9000")
+        return value or None
+
+    @field_validator("s3_secret_access_key")
+    @classmethod
+    def _check_s3_key_pair(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else ""
+        if bool(secret) != bool(info.data.get("s3_access_key_id")):
+            raise ValueError(
+                "set MODELPORT_S3_ACCESS_KEY_ID and MODELPORT_S3_SECRET_ACCESS_KEY together, or "
+                "neither (then boto3 looks in AWS_* variables, ~/.aws or an instance/pod role)"
+            )
+        return value if secret else None
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -160,6 +246,9 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'modelport.db'}"
         if not self.artifact_store:
             self.artifact_store = (self.var_dir / "artifacts").as_uri()
+        if self.artifact_cache_dir is None:
+            self.artifact_cache_dir = self.var_dir / "artifact-cache"
+        self.artifact_cache_dir = self.artifact_cache_dir.expanduser().resolve()
         return self
 
     @property

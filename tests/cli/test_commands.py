@@ -144,12 +144,19 @@ def test_builtins_install_trains_only_what_is_missing(
     first = modelport(env, "builtins", "install")
     assert f"wine-quality: training on {wine_csv.resolve()}" in first.stdout
     assert (_registered(first)["name"], _registered(first)["version"]) == ("wine-quality", "1")
+    assert "registered imagenet-classifier v1 -> production" in first.stdout
 
     again = modelport(env, "builtins", "install")
     assert again.exit_code == 0, again.stderr
-    assert again.stdout.strip() == "wine-quality: already registered"
+    assert again.stdout.split("\n")[:2] == [
+        "wine-quality: already registered",
+        "imagenet-classifier: already registered",
+    ]
 
-    assert _models_listed(env) == [["wine-quality", "latest v1", "regression", "production->v1"]]
+    assert _models_listed(env) == [
+        ["imagenet-classifier", "latest v1", "image_classification", "production->v1"],
+        ["wine-quality", "latest v1", "regression", "production->v1"],
+    ]
 
 
 def test_builtins_install_leaves_a_registered_model_alone(
@@ -162,7 +169,7 @@ def test_builtins_install_leaves_a_registered_model_alone(
         "MODELPORT_ARTIFACT_STORE": settings.artifact_store,
     }
 
-    result = modelport(env, "builtins", "install")
+    result = modelport(env, "builtins", "install", "--only", "wine-quality")
 
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "wine-quality: already registered"
@@ -170,7 +177,7 @@ def test_builtins_install_leaves_a_registered_model_alone(
 
 
 def test_builtins_install_without_data_says_how_to_provide_it(cli_env: dict[str, str]) -> None:
-    result = modelport(cli_env, "builtins", "install")
+    result = modelport(cli_env, "builtins", "install", "--only", "wine-quality")
 
     assert result.exit_code == 1
     assert "could not be downloaded" in result.stderr

@@ -89,4 +89,4 @@ def test_empty_registry_lists_nothing(settings: Settings) -> None:
         response = client.get(MODELS)
 
     assert response.status_code == 200
-    assert response.json() == {"items": []}
+    assert response.json() == {"items": [], "total": 0, "offset": 0, "limit": 100}

@@ -15,6 +15,7 @@ from modelport.monitoring.logs import request_id_var
 logger = logging.getLogger("modelport.access")
 error_logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = b"x-request-id"
+_MODEL_UPLOAD_PATH = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -43,11 +44,16 @@ def _context_headers(request_id: str, started: float) -> list[tuple[bytes, bytes
 
 class RequestContextMiddleware:
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        max_upload_bytes: int | None = None,
+        max_model_upload_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_json_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
+        self.max_model_upload_bytes = max_model_upload_bytes or self.max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,7 +62,10 @@ class RequestContextMiddleware:
         headers = dict(scope["headers"])
         # File uploads (multipart) may be larger than JSON bodies; each has its own limit.
         is_upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
-        limit = self.max_upload_bytes if is_upload else self.max_json_bytes
+        limit = self.max_json_bytes
+        if is_upload:
+            is_model = _MODEL_UPLOAD_PATH.match(str(scope.get("path", ""))) is not None
+            limit = self.max_model_upload_bytes if is_model else self.max_upload_bytes
         given = headers.get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id

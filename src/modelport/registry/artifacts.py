@@ -11,6 +11,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
+from modelport.settings import Settings, load_settings
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,20 @@ class LocalArtifactStore:
         return path
 
 
-def open_artifact_store(store_uri: str) -> ArtifactStore:
+def open_artifact_store(store_uri: str, settings: Settings | None = None) -> ArtifactStore:
+    """The store behind ``store_uri`` (``file:///path`` or ``s3://bucket/prefix``).
+
+    An S3 store takes its endpoint, region, credentials and cache folder from ``settings``;
+    without them, from the environment (``MODELPORT_*`` variables and ``.env``), as the app would.
+    """
     parts = urlsplit(store_uri)
     if parts.scheme == "file":
         return LocalArtifactStore(Path(unquote(parts.path)))
-    raise ValueError(f"unsupported artifact store {store_uri!r}; use file:///absolute/path")
+    if parts.scheme == "s3":
+        # Imported here so file:// deployments never load boto3 (and to avoid an import cycle).
+        from modelport.registry.s3_store import S3ArtifactStore
+
+        return S3ArtifactStore.from_settings(store_uri, settings or load_settings())
+    raise ValueError(
+        f"unsupported artifact store {store_uri!r}; use file:///absolute/path or s3://bucket/prefix"
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from modelport.auth.principal import Principal
 from modelport.errors import NotFoundError
@@ -64,28 +65,70 @@ async def get_model(session: AsyncSession, name: str) -> Model:
     return model
 
 
-async def get_visible_model(session: AsyncSession, viewer: Principal, name: str) -> Model:
-    """The model if ``viewer`` may see it; otherwise the same 404 as a missing model."""
+async def get_visible_model(
+    session: AsyncSession, viewer: Principal, name: str, *, include_deleted: bool = False
+) -> Model:
+    """The model if ``viewer`` may see it; otherwise the same 404 as a missing model. Deleted
+    models exist only for admins who ask for them (to restore them)."""
     model = await get_model(session, name)
-    if not viewer.can_see(model.owner_id, model.public):
+    hidden = model.deleted_at is not None and not (include_deleted and viewer.is_admin)
+    if hidden or not viewer.can_see(model.owner_id, model.public):
         raise NotFoundError(f"model {name!r} not found")
     return model
 
 
-async def list_models(session: AsyncSession, viewer: Principal | None = None) -> list[Model]:
-    """Every model for admins (and the CLI); public and own ones for everyone else."""
-    query = select(Model).order_by(Model.name)
+@dataclass(frozen=True)
+class ModelQuery:
+    task: str | None = None
+    search: str | None = None  # part of the name
+    mine: bool = False
+    include_deleted: bool = False  # admins only
+    sort: str = "name"  # name | -name | created_at | -created_at
+    offset: int = 0
+    limit: int = 100
+
+
+_SORTS: dict[str, ColumnElement[Any]] = {
+    "name": Model.name.asc(),
+    "-name": Model.name.desc(),
+    "created_at": Model.created_at.asc(),
+    "-created_at": Model.created_at.desc(),
+}
+
+
+async def list_models(
+    session: AsyncSession, viewer: Principal | None = None, query: ModelQuery | None = None
+) -> tuple[list[Model], int]:
+    """A page of models and the total: every model for admins (and the CLI); public and own
+    ones for everyone else; deleted ones only for admins who ask."""
+    query = query or ModelQuery(limit=10_000)
+    statement = select(Model)
     if viewer is not None and not viewer.is_admin:
-        query = query.where(or_(Model.public.is_(True), Model.owner_id == viewer.user_id))
+        statement = statement.where(or_(Model.public.is_(True), Model.owner_id == viewer.user_id))
+    if not (query.include_deleted and (viewer is None or viewer.is_admin)):
+        statement = statement.where(Model.deleted_at.is_(None))
+    if query.task is not None:
+        statement = statement.where(Model.task == query.task)
+    if query.search:
+        escaped = query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        statement = statement.where(Model.name.like(f"%{escaped}%", escape="\\"))
+    if query.mine and viewer is not None:
+        statement = statement.where(Model.owner_id == viewer.user_id)
+    total = await session.scalar(select(func.count()).select_from(statement.subquery()))
     result = await session.scalars(
-        query.options(selectinload(Model.versions), selectinload(Model.aliases))
+        statement.order_by(_SORTS[query.sort], Model.id)
+        .offset(query.offset)
+        .limit(query.limit)
+        .options(selectinload(Model.versions), selectinload(Model.aliases))
     )
-    return list(result)
+    return list(result), int(total or 0)
 
 
-def find_version(model: Model, number: int) -> ModelVersion:
+def find_version(model: Model, number: int, *, include_deleted: bool = False) -> ModelVersion:
     for version in model.versions:
         if version.version == number:
+            if version.deleted_at is not None and not include_deleted:
+                raise NotFoundError(f"version {number} of model {model.name!r} was deleted")
             return version
     raise NotFoundError(f"model {model.name!r} has no version {number}")
 
@@ -95,12 +138,19 @@ async def resolve(
 ) -> VersionRef:
     """An explicit version wins; otherwise the alias (``production`` by default)."""
     model = await get_model(session, name)
+    if model.deleted_at is not None:  # a deleted model is never served
+        raise NotFoundError(f"model {name!r} not found")
     if version is not None:
         return _ref(model, find_version(model, version))
     wanted = alias or DEFAULT_ALIAS
     for candidate in model.aliases:
         if candidate.alias == wanted:
             chosen = next(v for v in model.versions if v.id == candidate.version_id)
+            if chosen.deleted_at is not None:
+                raise NotFoundError(
+                    f"alias {wanted!r} of model {name!r} points at deleted version "
+                    f"{chosen.version}; point it at another version"
+                )
             return _ref(model, chosen)
     raise NotFoundError(f"model {name!r} has no alias {wanted!r}")
 
@@ -111,7 +161,11 @@ async def production_refs(session: AsyncSession) -> list[VersionRef]:
         select(Model, ModelVersion)
         .join(ModelAlias, ModelAlias.model_id == Model.id)
         .join(ModelVersion, ModelVersion.id == ModelAlias.version_id)
-        .where(ModelAlias.alias == DEFAULT_ALIAS)
+        .where(
+            ModelAlias.alias == DEFAULT_ALIAS,
+            Model.deleted_at.is_(None),
+            ModelVersion.deleted_at.is_(None),
+        )
     )
     return [_ref(model, version) for model, version in rows]
 
@@ -132,6 +186,8 @@ async def register_version(
     alias: str | None = DEFAULT_ALIAS,
     owner_id: uuid.UUID | None = None,
     public: bool = True,
+    created_by: uuid.UUID | None = None,
+    version_description: str = "",
 ) -> ModelVersion:
     """Store the artifact, add the next version number and optionally point ``alias`` at it."""
     stored = store.put(artifact, artifact_suffix)
@@ -159,6 +215,8 @@ async def register_version(
         signature=signature.model_dump(mode="json"),
         metrics=metrics,
         details=details,
+        created_by=created_by,
+        description=version_description,
     )
     session.add(version)
     await session.flush()

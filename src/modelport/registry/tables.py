@@ -25,6 +25,8 @@ class Model(Base):
         ForeignKey("users.id", ondelete="SET NULL"), index=True
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Soft delete: hidden and never served, restorable by an admin.
+    deleted_at: Mapped[datetime | None]
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version", lazy="raise"
@@ -49,7 +51,9 @@ class ModelVersion(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_by: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
 
