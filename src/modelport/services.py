@@ -52,8 +52,13 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(settings.database_url)
         session_factory = create_session_factory(engine)
-        store = open_artifact_store(settings.artifact_store)
-        models = ModelCache(store, settings.inference_threads)
+        store = open_artifact_store(settings.artifact_store, settings)
+        models = ModelCache(
+            store,
+            settings.inference_threads,
+            max_models=settings.model_cache_max_models,
+            max_bytes=settings.model_cache_max_bytes,
+        )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
         log = PredictionLogWriter(
             session_factory,

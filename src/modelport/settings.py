@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     rate_limit_user_per_minute: int = Field(default=600, ge=1)
     rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
 
+    model_cache_max_models: int = Field(default=32, ge=1, description="Models kept loaded.")
+    model_cache_max_bytes: int = Field(
+        default=4 * 1024**3, ge=1, description="Artifact bytes kept loaded."
+    )
     allow_pickle: bool = Field(
         default=False,
         description="Let administrators upload pickle/joblib models (they run code when loaded).",

@@ -40,7 +40,11 @@ def test_health_shows_each_component(client: TestClient) -> None:
     assert body["status"] == "ok"
     components = body["components"]
     assert components["database"]["status"] == "up"
-    assert components["models"] == {"status": "up", "detail": {"loaded": ["wine-quality:1"]}}
+    assert components["models"]["status"] == "up"
+    assert components["models"]["detail"]["loaded"] == ["wine-quality:1"]
+    cache = components["models"]["detail"]["cache"]
+    assert (cache["models"], cache["loads"], cache["evictions"]) == (1, 1, 0)
+    assert cache["hits"] >= 1  # the prediction above found the preloaded model
     log = components["prediction_log"]
     assert log["status"] == "up"
     assert log["detail"]["written"] >= 1

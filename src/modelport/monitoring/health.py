@@ -64,7 +64,10 @@ async def _health(services: Services) -> HealthOut:
         "database": ComponentOut(status="up" if database else "down"),
         "models": ComponentOut(
             status="up" if loaded else "down",
-            detail={"loaded": [f"{m.ref.model_name}:{m.ref.version}" for m in loaded]},
+            detail={
+                "loaded": [f"{m.ref.model_name}:{m.ref.version}" for m in loaded],
+                "cache": services.models.stats(),
+            },
         ),
         "prediction_log": ComponentOut(
             status="up" if log.last_error is None else "down",

@@ -33,6 +33,7 @@ class VersionRef:
     signature: Signature
     owner_id: uuid.UUID | None = None
     public: bool = True
+    size_bytes: int = 0
     # Flavor-specific serving facts (e.g. class labels, image preprocessing).
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -49,6 +50,7 @@ def _ref(model: Model, version: ModelVersion) -> VersionRef:
         owner_id=model.owner_id,
         public=model.public,
         details=version.details,
+        size_bytes=version.size_bytes,
     )
 
 
@@ -124,13 +126,25 @@ async def list_models(
     return list(result), int(total or 0)
 
 
+class MissingVersionError(NotFoundError):
+    """The model exists but not the version or alias asked for. Carries the model's owner and
+    visibility: whoever may not see the model must get the plain "not found" instead."""
+
+    def __init__(self, message: str, model: Model) -> None:
+        super().__init__(message)
+        self.owner_id = model.owner_id
+        self.public = model.public
+
+
 def find_version(model: Model, number: int, *, include_deleted: bool = False) -> ModelVersion:
     for version in model.versions:
         if version.version == number:
             if version.deleted_at is not None and not include_deleted:
-                raise NotFoundError(f"version {number} of model {model.name!r} was deleted")
+                raise MissingVersionError(
+                    f"version {number} of model {model.name!r} was deleted", model
+                )
             return version
-    raise NotFoundError(f"model {model.name!r} has no version {number}")
+    raise MissingVersionError(f"model {model.name!r} has no version {number}", model)
 
 
 async def resolve(
@@ -147,12 +161,13 @@ async def resolve(
         if candidate.alias == wanted:
             chosen = next(v for v in model.versions if v.id == candidate.version_id)
             if chosen.deleted_at is not None:
-                raise NotFoundError(
+                raise MissingVersionError(
                     f"alias {wanted!r} of model {name!r} points at deleted version "
-                    f"{chosen.version}; point it at another version"
+                    f"{chosen.version}; point it at another version",
+                    model,
                 )
             return _ref(model, chosen)
-    raise NotFoundError(f"model {name!r} has no alias {wanted!r}")
+    raise MissingVersionError(f"model {name!r} has no alias {wanted!r}", model)
 
 
 async def production_refs(session: AsyncSession) -> list[VersionRef]:

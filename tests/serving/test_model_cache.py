@@ -1,0 +1,84 @@
+"""The model cache: an LRU bounded by count and bytes; one load per version under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from modelport.app import create_app
+from modelport.builtin.wine import TrainedWine
+from modelport.registry.service import VersionRef
+from modelport.settings import Settings
+from tests.helpers import WINE_ROW, register_trained, services_of, wait_until_ready
+
+
+def _refs(client: TestClient, name: str, versions: list[int]) -> list[VersionRef]:
+    resolver = services_of(client).resolver
+
+    async def resolve_all() -> list[VersionRef]:
+        return [await resolver.resolve(name, v, None) for v in versions]
+
+    refs: list[VersionRef] = client.portal.call(resolve_all)  # type: ignore[union-attr]
+    return refs
+
+
+def test_concurrent_first_requests_load_a_version_once(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    settings = make_settings()
+    register_trained(settings, trained_wine)
+    register_trained(settings, trained_wine)  # v2 is production; v1 is not preloaded
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        cache = services_of(client).models
+        loads_before = cache.loads
+        (v1,) = _refs(client, "wine-quality", [1])
+
+        async def twenty_at_once() -> set[int]:
+            models = await asyncio.gather(*(cache.get(v1) for _ in range(20)))
+            return {id(model) for model in models}
+
+        distinct = client.portal.call(twenty_at_once)  # type: ignore[union-attr]
+
+        assert len(distinct) == 1  # everyone got the same loaded model
+        assert cache.loads == loads_before + 1
+
+
+def test_least_recently_used_model_is_evicted_past_the_count_bound(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    settings = make_settings(model_cache_max_models=2)
+    for _ in range(3):
+        register_trained(settings, trained_wine)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        for version in (1, 2, 3, 1):
+            url = f"/api/v1/models/wine-quality/versions/{version}/predict"
+            assert client.post(url, json=WINE_ROW).status_code == 200
+        stats = services_of(client).models.stats()
+        loaded = sorted(m.ref.version for m in services_of(client).models.loaded())
+
+    assert stats["models"] == 2
+    # Preloaded [3]; 1 -> [3, 1]; 2 evicts 3; 3 evicts 1; 1 evicts 2 (the least recent).
+    assert loaded == [1, 3]
+    assert (stats["loads"], stats["evictions"]) == (5, 3)
+
+
+def test_byte_bound_keeps_only_what_fits(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    one_model = len(trained_wine.onnx_bytes)
+    settings = make_settings(model_cache_max_bytes=one_model + one_model // 2)
+    register_trained(settings, trained_wine)
+    register_trained(settings, trained_wine)
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        url = "/api/v1/models/wine-quality/versions/1/predict"
+        assert client.post(url, json=WINE_ROW).status_code == 200
+        cache = services_of(client).models
+
+        assert [m.ref.version for m in cache.loaded()] == [1]
+        assert cache.bytes_loaded <= one_model + one_model // 2
+        assert cache.evictions == 1
