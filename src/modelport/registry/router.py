@@ -89,7 +89,11 @@ async def get_model(
 
 @router.patch("/{name}", response_model=ModelDetailOut, summary="Change description or visibility")
 async def update_model(
-    name: ModelName, body: ModelUpdateIn, session: Session, editor: Manager
+    name: ModelName,
+    body: ModelUpdateIn,
+    session: Session,
+    editor: Manager,
+    services: ServicesDep,
 ) -> ModelDetailOut:
     model = await management.changeable_model(session, editor, name)
     if body.description is not None:
@@ -97,6 +101,7 @@ async def update_model(
     if body.public is not None:
         model.public = body.public
     await session.commit()
+    services.resolver.invalidate()  # visibility is part of what the resolver remembers
     return ModelDetailOut.of(await service.get_model(session, name))
 
 
