@@ -25,6 +25,7 @@ from modelport.services import Services
 from modelport.serving.router import router as serving_router
 from modelport.serving.v2_router import router as v2_router
 from modelport.settings import Settings, load_settings
+from modelport.training.router import router as training_router
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         predictions_router,
         images_router,
         jobs_router,
+        training_router,
     ):
         app.include_router(router)
     return app

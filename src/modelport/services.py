@@ -25,6 +25,7 @@ from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
 from modelport.settings import Settings
+from modelport.training.service import TRAIN_JOB, TrainingService
 
 logger = logging.getLogger(__name__)
 PRELOAD_RETRY_SECONDS = 5.0
@@ -45,6 +46,7 @@ class Services:
     key_usage: KeyUsageRecorder
     jobs: JobRunner
     images: ImageService
+    training: TrainingService
     redis: Redis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -89,6 +91,8 @@ class Services:
             session_factory, store, resolver, models, log, runner, settings.max_image_pixels
         )
         runner.register(CLASSIFY_JOB, images.handle_job)
+        training = TrainingService(session_factory, store, runner)
+        runner.register(TRAIN_JOB, training.handle_job)
         return cls(
             settings,
             engine,
@@ -103,6 +107,7 @@ class Services:
             key_usage=KeyUsageRecorder(session_factory),
             jobs=runner,
             images=images,
+            training=training,
             redis=redis,
         )
 

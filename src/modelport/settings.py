@@ -151,6 +151,7 @@ class Settings(BaseSettings):
     model_cache_max_bytes: int = Field(
         default=4 * 1024**3, ge=1, description="Artifact bytes kept loaded."
     )
+    max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per dataset.")
     allow_pickle: bool = Field(
         default=False,
         description="Let administrators upload pickle/joblib models (they run code when loaded).",

@@ -1,16 +1,20 @@
-"""Browse registered datasets."""
+"""Register CSV datasets and browse them."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelport.auth.dependencies import Reader
+from modelport.auth.dependencies import Manager, Reader
 from modelport.datasets import service
+from modelport.datasets.csv_import import parse_csv
 from modelport.datasets.schemas import DatasetListOut, DatasetOut, DatasetRowOut, DatasetRowsOut
-from modelport.dependencies import get_session
+from modelport.dependencies import get_services, get_session
+from modelport.errors import ConflictError, ForbiddenError
+from modelport.registry.management import NAME_PATTERN, check_name
+from modelport.services import Services
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 Session = Annotated[AsyncSession, Depends(get_session)]
@@ -21,6 +25,48 @@ DatasetName = Annotated[str, Path(max_length=128, description="Dataset name")]
 async def list_datasets(session: Session, viewer: Reader) -> DatasetListOut:
     items = [DatasetOut.model_validate(d) for d in await service.list_datasets(session, viewer)]
     return DatasetListOut(items=items)
+
+
+@router.post(
+    "",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a CSV as a dataset (columns and types inferred, rows stored)",
+    responses={
+        400: {"description": "Not a usable CSV"},
+        409: {"description": "Name taken"},
+        413: {"description": "Larger than MODELPORT_MAX_UPLOAD_BYTES"},
+    },
+)
+async def create_dataset(
+    file: Annotated[UploadFile, File(description="CSV with a header row")],
+    name: Annotated[str, Form(max_length=64, examples=["churn-2026"])],
+    session: Session,
+    owner: Manager,
+    services: Annotated[Services, Depends(get_services)],
+    description: Annotated[str, Form(max_length=2000)] = "",
+    public: Annotated[bool, Form()] = False,
+) -> DatasetOut:
+    if owner.is_anonymous:
+        raise ForbiddenError("sign in to register datasets")
+    check_name(name, "dataset name", NAME_PATTERN)
+    if await service.find_by_name(session, name) is not None:
+        raise ConflictError(f"a dataset named {name!r} already exists")
+    parsed = parse_csv(await file.read(), services.settings.max_dataset_rows)
+    dataset = await service.register_dataset(
+        session,
+        name=name,
+        columns=parsed.columns,
+        rows=parsed.rows,
+        splits=[None] * len(parsed.rows),
+        source=f"upload:{(file.filename or 'data.csv')[:200]}",
+        sha256=parsed.sha256,
+        description=description,
+        public=public,
+        owner_id=owner.user_id,
+    )
+    await session.commit()
+    return DatasetOut.model_validate(dataset)
 
 
 @router.get("/{name}", response_model=DatasetOut, summary="One dataset's schema and size")

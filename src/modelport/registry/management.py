@@ -23,14 +23,14 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
-def _check_name(name: str, what: str, pattern: re.Pattern[str]) -> None:
+def check_name(name: str, what: str, pattern: re.Pattern[str]) -> None:
     if not pattern.match(name):
         raise InvalidInputError(
             f"{what} {name!r} is not allowed: use 1-64 lowercase letters, digits, '-', '_' "
             "(and '.' in model names), starting with a letter or digit",
             [
                 {
-                    "loc": ["body" if what == "model name" else "path", what.replace(" ", "_")],
+                    "loc": ["path" if what == "alias" else "body", what.replace(" ", "_")],
                     "msg": "invalid name",
                     "type": "string_pattern_mismatch",
                 }
@@ -58,7 +58,7 @@ async def create_model(
     task: str,
     public: bool,
 ) -> Model:
-    _check_name(name, "model name", NAME_PATTERN)
+    check_name(name, "model name", NAME_PATTERN)
     existing = await session.scalar(select(Model).where(Model.name == name))
     if existing is not None:
         hint = " (it was deleted; an administrator can restore it)" if existing.deleted_at else ""
@@ -126,7 +126,7 @@ def restore(target: Model | ModelVersion) -> None:
 
 async def point_alias(session: AsyncSession, model: Model, alias: str, number: int) -> ModelVersion:
     """Point ``alias`` at version ``number`` (promote, or roll back by pointing it back)."""
-    _check_name(alias, "alias", ALIAS_PATTERN)
+    check_name(alias, "alias", ALIAS_PATTERN)
     version = service.find_version(model, number)
     await service.set_alias(session, model.id, alias, version.id)
     return version
