@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from modelport.errors import ModelportError
@@ -17,7 +21,25 @@ from modelport.http.middleware import (
 logger = logging.getLogger(__name__)
 
 
+# Validation errors echo the offending value; never for fields that hold secrets.
+_SECRET_FIELDS = {"password", "refresh_token", "access_token", "key", "token", "jwt_secret"}
+
+
+def _without_secrets(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    cleaned = []
+    for error in errors:
+        error = {k: v for k, v in dict(error).items() if k not in ("url", "ctx")}
+        if _SECRET_FIELDS & {str(part) for part in error.get("loc", ())}:
+            error.pop("input", None)
+        cleaned.append(error)
+    return cleaned
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder(_without_secrets(exc.errors()))}, 422)
+
     @app.exception_handler(ModelportError)
     async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
         if exc.status_code >= 500:
