@@ -106,7 +106,7 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_PORT", "http", "integer"),
         ("MODELPORT_WORKERS", "0", "greater than or equal to 1"),
         ("MODELPORT_LOG_LEVEL", "loud", "debug"),
-        ("MODELPORT_ARTIFACT_STORE", "s3://bucket/models", "file:///"),
+        ("MODELPORT_ARTIFACT_STORE", "gs://bucket/models", "file:///"),
         ("MODELPORT_ARTIFACT_STORE", "var/artifacts", "file:///"),
         ("MODELPORT_ARTIFACT_STORE", "file:var/artifacts", "absolute"),
         ("MODELPORT_ARTIFACT_STORE", "file://var/artifacts", "absolute"),

@@ -4,12 +4,16 @@ models and datasets owned by one user."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from modelport.app import create_app
 from modelport.auth.tables import ApiKey
 from modelport.builtin.wine import WINE_SIGNATURE, TrainedWine
 from modelport.datasets import service as datasets
@@ -17,7 +21,7 @@ from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry import service as registry
 from modelport.registry.artifacts import open_artifact_store
 from modelport.settings import Settings
-from tests.helpers import bearer, create_account, run, services_of
+from tests.helpers import bearer, create_account, run, services_of, settings_for, wait_until_ready
 
 KEYS = "/api/v1/api-keys"
 PREDICTIONS = "/api/v1/predictions"
@@ -136,3 +140,21 @@ def set_key_expiry(settings: Settings, key_id: str, when: datetime) -> None:
 def flush_key_usage(client: TestClient) -> None:
     """Write remembered API-key use now (the app otherwise does it every 30 s)."""
     client.portal.call(services_of(client).key_usage.flush)  # type: ignore[union-attr]
+
+
+@contextmanager
+def more_apps(client: TestClient, base: Path) -> Iterator[Callable[..., TestClient]]:
+    """Start further apps on ``client``'s database and artifact store, each with its own var/
+    under ``base`` (like replicas on other hosts) and the settings given; stopped on exit."""
+    shared = services_of(client).settings
+
+    def start(name: str, **overrides: Any) -> TestClient:
+        settings = settings_for(
+            base / name, shared.database_url, artifact_store=shared.artifact_store, **overrides
+        )
+        app_client = stack.enter_context(TestClient(create_app(settings)))
+        wait_until_ready(app_client)
+        return app_client
+
+    with ExitStack() as stack:
+        yield start

@@ -4,8 +4,9 @@ the answer is the same 404 as for something that does not exist. Owners and admi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,6 @@ from fastapi.testclient import TestClient
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
-from modelport.settings import Settings
 from tests.auth.keys_support import (
     KEYS,
     PREDICTIONS,
@@ -23,12 +23,19 @@ from tests.auth.keys_support import (
     register_private_model,
     sign_up,
 )
-from tests.helpers import WINE_ROW, flush_log, register_trained, services_of, wait_until_ready
+from tests.helpers import WINE_ROW, flush_log, services_of, settings_for, wait_until_ready
+from tests.registry.support import shared_wine_app
 
 MODELS = "/api/v1/models"
 DATASETS = "/api/v1/datasets"
 PRIVATE_MODEL = "alices-model"
 PRIVATE_DATASET = "alices-data"
+PRIVATE = f"{MODELS}/{PRIVATE_MODEL}"
+PUBLIC_PREDICT_PATHS = (
+    "/predict",
+    f"{MODELS}/wine-quality/predict",
+    f"{MODELS}/wine-quality/versions/1/predict",
+)
 
 
 @dataclass
@@ -40,7 +47,18 @@ class People:
     admin: dict[str, str]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def client(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    trained_wine: TrainedWine,
+) -> Iterator[TestClient]:
+    """One app per backend for the whole module (signing people up is the slow part); every
+    test makes its own keys and predictions, so they do not disturb each other."""
+    yield from shared_wine_app(request, tmp_path_factory, trained_wine)
+
+
+@pytest.fixture(scope="module")
 def people(client: TestClient, trained_wine: TrainedWine) -> People:
     """Alice owns a private model and dataset; Bob, with a token and a key, owns nothing."""
     alice_id, alice = sign_up(client)
@@ -104,17 +122,24 @@ def test_the_owner_and_administrators_use_a_private_model(
     assert shown.status_code == 200
     assert shown.json()["name"] == PRIVATE_MODEL
     assert client.get(f"{MODELS}/{PRIVATE_MODEL}/versions/1", headers=headers).status_code == 200
-    for path in (f"{MODELS}/{PRIVATE_MODEL}/predict", f"{MODELS}/{PRIVATE_MODEL}/versions/1/predict"):
+    for path in (
+        f"{MODELS}/{PRIVATE_MODEL}/predict",
+        f"{MODELS}/{PRIVATE_MODEL}/versions/1/predict",
+    ):
         answered = client.post(path, json=WINE_ROW, headers=headers)
         assert answered.status_code == 200, answered.text
         assert answered.json()["model_name"] == PRIVATE_MODEL
     # An alias the owner lacks is named as such to the owner (not hidden behind "not found").
-    staging = client.post(f"{MODELS}/{PRIVATE_MODEL}/predict?alias=staging", json=WINE_ROW, headers=headers)
+    staging = client.post(
+        f"{MODELS}/{PRIVATE_MODEL}/predict?alias=staging", json=WINE_ROW, headers=headers
+    )
     assert staging.status_code == 404
     assert "staging" in staging.json()["detail"]
 
 
-def test_the_model_list_shows_public_and_own_models_only(client: TestClient, people: People) -> None:
+def test_the_model_list_shows_public_and_own_models_only(
+    client: TestClient, people: People
+) -> None:
     def names(headers: dict[str, str]) -> list[str]:
         response = client.get(MODELS, headers=headers)
         assert response.status_code == 200
@@ -125,6 +150,47 @@ def test_the_model_list_shows_public_and_own_models_only(client: TestClient, peo
     assert names(people.bob) == ["wine-quality"]
     assert names(people.bob_key) == ["wine-quality"]
     assert names({}) == ["wine-quality"]
+
+
+MODEL_CHANGES: list[tuple[str, str, dict[str, Any]]] = [
+    ("PATCH", "/api/v1/models/{name}", {"json": {"description": "mine now"}}),
+    ("PATCH", "/api/v1/models/{name}", {"json": {"public": True}}),
+    ("DELETE", "/api/v1/models/{name}", {}),
+    ("PATCH", "/api/v1/models/{name}/versions/1", {"json": {"description": "mine now"}}),
+    ("DELETE", "/api/v1/models/{name}/versions/1", {}),
+    ("PUT", "/api/v1/models/{name}/aliases/staging", {"json": {"version": 1}}),
+    ("DELETE", "/api/v1/models/{name}/aliases/production", {}),
+    ("POST", "/api/v1/models/{name}/versions", {"files": {"file": ("m.onnx", b"\x08\x07")}}),
+]
+
+
+@pytest.mark.parametrize(("method", "template", "body"), MODEL_CHANGES)
+@pytest.mark.parametrize("who", ["bob", "bob_key"])
+def test_someone_elses_private_model_cannot_be_changed_and_looks_missing(
+    client: TestClient,
+    people: People,
+    method: str,
+    template: str,
+    body: dict[str, Any],
+    who: str,
+) -> None:
+    headers = getattr(people, who)
+    before = client.get(PRIVATE, headers=people.alice).json()
+    hidden = client.request(method, template.format(name=PRIVATE_MODEL), headers=headers, **body)
+    missing = client.request(method, template.format(name="no-such-model"), headers=headers, **body)
+    same_as_missing(hidden, missing, PRIVATE_MODEL, "no-such-model")
+    assert client.get(PRIVATE, headers=people.alice).json() == before
+    assert client.post(f"{PRIVATE}/predict", json=WINE_ROW, headers=people.alice).is_success
+
+
+@pytest.mark.parametrize("who", ["alice", "admin"])
+def test_the_owner_and_administrators_change_a_private_model(
+    client: TestClient, people: People, who: str
+) -> None:
+    headers = getattr(people, who)
+    changed = client.patch(PRIVATE, json={"description": f"kept by {who}"}, headers=headers)
+    assert changed.status_code == 200, changed.text
+    assert client.get(PRIVATE, headers=people.alice).json()["description"] == f"kept by {who}"
 
 
 # --- the public built-in model --------------------------------------------------------------
@@ -142,18 +208,26 @@ def test_everyone_sees_and_uses_the_public_model(
 
 
 @pytest.fixture
-def closed_client(
-    make_settings: Callable[..., Settings], trained_wine: TrainedWine
-) -> Any:
-    settings = make_settings(anonymous_predictions=False)
-    register_trained(settings, trained_wine)
+def closed_client(client: TestClient, tmp_path: Path) -> Iterator[TestClient]:
+    """A second app on the same database and store, with anonymous predictions turned off."""
+    shared = services_of(client).settings
+    settings = settings_for(
+        tmp_path / "var",
+        shared.database_url,
+        artifact_store=shared.artifact_store,
+        anonymous_predictions=False,
+    )
     with TestClient(create_app(settings)) as test_client:
         wait_until_ready(test_client)
         yield test_client
 
 
 def test_anonymous_predictions_can_be_turned_off(closed_client: TestClient) -> None:
-    for path in ("/predict", f"{MODELS}/wine-quality/predict", f"{MODELS}/wine-quality/versions/1/predict"):
+    for path in (
+        "/predict",
+        f"{MODELS}/wine-quality/predict",
+        f"{MODELS}/wine-quality/versions/1/predict",
+    ):
         refused = closed_client.post(path, json=WINE_ROW)
         assert refused.status_code == 401, path
         assert "sign in" in refused.json()["detail"]
@@ -174,31 +248,34 @@ def _logged_ids(client: TestClient, admin: dict[str, str]) -> dict[str, dict[str
 def test_predictions_are_visible_to_their_caller_and_administrators_only(
     client: TestClient, people: People
 ) -> None:
-    by_alice = client.post("/predict", json=WINE_ROW, headers=people.alice)
-    by_bob = client.post("/predict", json=WINE_ROW, headers=people.bob)
+    _, carol = sign_up(client)  # new people: nobody else's test predicts as them
+    _, dave = sign_up(client)
+    dave_key = key_header(create_key(client, dave, scopes=["read"])["key"])
+    by_carol = client.post("/predict", json=WINE_ROW, headers=carol)
+    by_dave = client.post("/predict", json=WINE_ROW, headers=dave)
     by_nobody = client.post("/predict", json=WINE_ROW)
     logged = _logged_ids(client, people.admin)
-    alices = logged[by_alice.headers["x-request-id"]]["id"]
-    bobs = logged[by_bob.headers["x-request-id"]]["id"]
+    carols = logged[by_carol.headers["x-request-id"]]["id"]
+    daves = logged[by_dave.headers["x-request-id"]]["id"]
     anonymous = logged[by_nobody.headers["x-request-id"]]["id"]
 
-    assert client.get(f"{PREDICTIONS}/{alices}", headers=people.alice).status_code == 200
-    assert client.get(f"{PREDICTIONS}/{alices}", headers=people.admin).status_code == 200
+    assert client.get(f"{PREDICTIONS}/{carols}", headers=carol).status_code == 200
+    assert client.get(f"{PREDICTIONS}/{carols}", headers=people.admin).status_code == 200
     missing_id = str(uuid.uuid4())
-    for headers in (people.bob, people.bob_key):
+    for headers in (dave, dave_key):
         missing = client.get(f"{PREDICTIONS}/{missing_id}", headers=headers)
-        for hidden_id in (alices, anonymous):
+        for hidden_id in (carols, anonymous):
             hidden = client.get(f"{PREDICTIONS}/{hidden_id}", headers=headers)
             same_as_missing(hidden, missing, hidden_id, missing_id)
 
     def listed(headers: dict[str, str]) -> set[str]:
-        page = client.get(PREDICTIONS, headers=headers).json()
+        page = client.get(PREDICTIONS, params={"limit": 500}, headers=headers).json()
         assert page["total"] == len(page["items"])
         return {item["id"] for item in page["items"]}
 
-    assert listed(people.alice) == {alices}
-    assert listed(people.bob) == listed(people.bob_key) == {bobs}
-    assert {alices, bobs, anonymous} <= listed(people.admin)
+    assert listed(carol) == {carols}
+    assert listed(dave) == listed(dave_key) == {daves}
+    assert {carols, daves, anonymous} <= listed(people.admin)
 
 
 def test_anonymous_callers_cannot_read_the_prediction_log(client: TestClient) -> None:
@@ -275,7 +352,12 @@ def test_the_dataset_list_shows_public_and_own_datasets_only(
 
 @pytest.mark.parametrize(
     ("method", "body"),
-    [("GET", None), ("PATCH", {"name": "taken over"}), ("PATCH", {"scopes": ["read"]}), ("DELETE", None)],
+    [
+        ("GET", None),
+        ("PATCH", {"name": "taken over"}),
+        ("PATCH", {"scopes": ["read"]}),
+        ("DELETE", None),
+    ],
     ids=["read", "rename", "rescope", "revoke"],
 )
 @pytest.mark.parametrize("who", ["bob", "bob_key"])

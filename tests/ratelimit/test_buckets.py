@@ -11,7 +11,14 @@ import pytest
 from redis.asyncio import Redis
 
 from modelport.errors import ServiceUnavailableError
-from modelport.ratelimit.buckets import Buckets, Decision, Limit, Limiter, MemoryBuckets, RedisBuckets
+from modelport.ratelimit.buckets import (
+    Buckets,
+    Decision,
+    Limit,
+    Limiter,
+    MemoryBuckets,
+    RedisBuckets,
+)
 from tests.helpers import run
 from tests.ratelimit.support import closed_port_url, require_redis
 

@@ -89,7 +89,13 @@ async def get_principal(
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal:
     """Identify the caller once per request, then apply their rate limit."""
-    principal = await _identify(request, services, credentials, api_key)
+    try:
+        principal = await _identify(request, services, credentials, api_key)
+    except UnauthorizedError:
+        # A refused credential costs its address an anonymous token, so guessing keys or
+        # tokens (each one a database lookup) is throttled like any anonymous call.
+        await enforce_rate_limit(request, services, Principal(client_address(request)))
+        raise
     request.state.principal = principal
     await enforce_rate_limit(request, services, principal)
     return principal
@@ -126,6 +132,9 @@ async def require_user(principal: PrincipalDep) -> Principal:
 async def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
     if not principal.is_admin:
         raise ForbiddenError("administrators only")
+    # An administrator's key acts for them only as far as its scopes go.
+    if "manage" not in principal.scopes:
+        raise ForbiddenError("this API key lacks the 'manage' scope")
     return principal
 
 

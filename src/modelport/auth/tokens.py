@@ -93,10 +93,17 @@ class TokenCodec:
             raise InvalidTokenError("token audience is wrong") from None
         except jwt.InvalidIssuerError:
             raise InvalidTokenError("token issuer is wrong") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidTokenError(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise InvalidTokenError(f"token algorithm is not allowed (only {ALGORITHM})") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidTokenError("token signature is wrong") from None
         except jwt.PyJWTError:
-            raise InvalidTokenError("token is malformed or its signature is wrong") from None
+            raise InvalidTokenError("token is malformed") from None
         if payload.get("typ") != expected_type:
-            raise InvalidTokenError(f"a {expected_type} token is required here")
+            article = "an" if expected_type == "access" else "a"
+            raise InvalidTokenError(f"{article} {expected_type} token is required here")
         try:
             return TokenClaims(
                 user_id=uuid.UUID(payload["sub"]),

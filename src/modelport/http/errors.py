@@ -50,7 +50,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BodyTooLargeError)
     async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
-        return JSONResponse({"detail": too_large_detail(exc.limit)}, status_code=413)
+        # The rest of the body is unread: close rather than take it for the next request.
+        return JSONResponse(
+            {"detail": too_large_detail(exc.limit)},
+            status_code=413,
+            headers={"Connection": "close"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,12 @@ _SECURITY_HEADERS = [
 ]
 
 
+def security_headers(docs: bool = False) -> list[tuple[bytes, bytes]]:
+    """The hardening headers for one response; ``docs`` for the Swagger UI / ReDoc pages."""
+    policy = _DOCS_POLICY if docs else _API_POLICY
+    return [*_SECURITY_HEADERS, (b"content-security-policy", policy)]
+
+
 class ResponseHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,8 +42,7 @@ class ResponseHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers.extend(_SECURITY_HEADERS)
-                headers.append((b"content-security-policy", _DOCS_POLICY if docs else _API_POLICY))
+                headers.extend(security_headers(docs))
                 # Set by the rate-limit dependency; present on every response it ran for.
                 decision = scope.get("state", {}).get("rate_limit")
                 if decision is not None:

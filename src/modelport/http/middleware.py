@@ -8,8 +8,10 @@ import time
 import uuid
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelport.http.headers import security_headers
 from modelport.monitoring.logs import request_id_var
 
 logger = logging.getLogger("modelport.access")
@@ -19,11 +21,12 @@ _MODEL_UPLOAD_PATH = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class BodyTooLargeError(Exception):
-    """Raised from ``receive`` when a streamed body passes the limit."""
+class BodyTooLargeError(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit. An HTTPException, so
+    FastAPI's body parsing lets it through rather than turning it into "400 error parsing"."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(limit)
+        super().__init__(413, f"request body is larger than {limit} bytes")
         self.limit = limit
 
 
@@ -84,18 +87,30 @@ class RequestContextMiddleware:
 
         received = 0
         response_started = False
+        too_large = False
+        replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    too_large = True
                     raise BodyTooLargeError(limit)
             return message
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, response_started
+            nonlocal status, response_started, replaced
+            if replaced:
+                return
+            is_start = message["type"] == "http.response.start"
+            if too_large and is_start and message["status"] != 413:
+                # A body parser (FastAPI's form reading) turned our error into its own 400:
+                # the caller gets the 413 the limit means instead, and the app's answer is dropped.
+                status, response_started, replaced = 413, True, True
+                await self._send_json(send, 413, too_large_detail(limit), request_id, started)
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -135,6 +150,7 @@ class RequestContextMiddleware:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *_context_headers(request_id, started),
+            *security_headers(),  # answered here, outside the middleware that adds them
         ]
         if status == 413:  # the unread body would otherwise be taken for the next request
             headers.append((b"connection", b"close"))

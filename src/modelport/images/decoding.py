@@ -29,6 +29,8 @@ MIME_TYPES = {
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
 }
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -52,25 +54,34 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError):
+    except UnidentifiedImageError:
         raise BadRequestError(
             "not an image: the file must be a JPEG, PNG, WebP, GIF, BMP or TIFF picture"
         ) from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        # Pillow's own guard tripped while reading the header: far beyond any sane picture.
+        raise _too_many_pixels("far too many", max_pixels) from None
     width, height = image.size
     if width * height > max_pixels:
-        raise BadRequestError(
-            f"image declares {width}x{height} pixels, more than the {max_pixels:,} allowed "
-            "(a decompression bomb or a far too large picture)"
-        )
+        raise _too_many_pixels(f"{width}x{height}", max_pixels)
     return image
+
+
+def _too_many_pixels(declared: str, max_pixels: int) -> BadRequestError:
+    return BadRequestError(
+        f"image declares {declared} pixels, more than the {max_pixels:,} allowed "
+        "(a decompression bomb or a far too large picture)"
+    )
 
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     """Check the whole file decodes (a truncated upload is refused here, not in the job)."""
     image = _open(data, max_pixels)
-    info = ImageInfo(format=str(image.format), width=image.width, height=image.height)
     _decode(image)
-    return info
+    width, height = image.size
+    if image.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:  # shown upright, it is turned
+        width, height = height, width
+    return ImageInfo(format=str(image.format), width=width, height=height)
 
 
 def _decode(image: Image.Image) -> None:

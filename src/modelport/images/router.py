@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Response, UploadFile, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from starlette.datastructures import UploadFile
 
 from modelport.auth.dependencies import Predictor, SignedInReader, get_principal
 from modelport.auth.principal import Principal
 from modelport.dependencies import get_services
+from modelport.errors import InvalidInputError
 from modelport.images.schemas import (
     CorrectionIn,
     CorrectionOut,
@@ -24,6 +26,26 @@ from modelport.services import Services
 router = APIRouter(prefix="/api/v1/images/predictions", tags=["images"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 AnyCaller = Annotated[Principal, Depends(get_principal)]
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "JPEG, PNG, WebP, GIF, BMP or TIFF",
+                        }
+                    },
+                    "required": ["file"],
+                }
+            }
+        },
+    }
+}
 
 
 def present(record: ImagePrediction) -> ImagePredictionOut:
@@ -48,14 +70,22 @@ def present(record: ImagePrediction) -> ImagePredictionOut:
     responses={
         400: {"description": "Not an image, damaged, or far too many pixels"},
         413: {"description": "File larger than MODELPORT_MAX_UPLOAD_BYTES"},
+        422: {"description": "No file in the multipart field 'file'"},
     },
+    openapi_extra=_UPLOAD_BODY,
 )
-async def upload(
-    file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
-    caller: Predictor,
-    services: ServicesDep,
-) -> ImageAcceptedOut:
-    record = await services.images.accept(caller, file.filename, await file.read())
+async def upload(request: Request, caller: Predictor, services: ServicesDep) -> ImageAcceptedOut:
+    # The form is read here, not by FastAPI's File(): FastAPI turns every error while parsing
+    # into a 400, so an upload streamed past MODELPORT_MAX_UPLOAD_BYTES would not get its 413.
+    async with request.form(max_files=1, max_fields=10) as form:
+        file = form.get("file")
+        if not isinstance(file, UploadFile):
+            raise InvalidInputError(
+                "send the image as a file in the multipart field 'file'",
+                [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
+            )
+        filename, data = file.filename, await file.read()
+    record = await services.images.accept(caller, filename, data)
     return ImageAcceptedOut(
         id=record.id, filename=record.filename, status="pending", job_id=record.job_id
     )

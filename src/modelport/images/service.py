@@ -11,7 +11,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
-from modelport.errors import BadRequestError, NotFoundError, UnsupportedMediaTypeError
+from modelport.errors import (
+    ArtifactIntegrityError,
+    BadRequestError,
+    NotFoundError,
+    UnsupportedMediaTypeError,
+)
 from modelport.images.classifier import Classification, classify
 from modelport.images.decoding import inspect_image
 from modelport.images.tables import ImagePrediction
@@ -32,6 +37,8 @@ def _display_name(filename: str | None) -> str:
     """The client's name, kept only as metadata: no path, no control characters, bounded."""
     name = (filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
     cleaned = "".join(ch for ch in name if ch.isprintable() and ch != "\x00").strip()
+    if cleaned in (".", ".."):
+        cleaned = ""
     return (cleaned or "upload")[:255]
 
 
@@ -49,6 +56,9 @@ class ImageService:
     log: PredictionLogWriter
     runner: JobRunner
     max_pixels: int
+
+    def __post_init__(self) -> None:
+        self.runner.register(CLASSIFY_JOB, self.handle_job, on_give_up=self.job_given_up)
 
     # --- uploads and the background job ---------------------------------------------------
 
@@ -89,7 +99,7 @@ class ImageService:
             if record is None:
                 return {"skipped": "the image was deleted before it was classified"}
             try:
-                data = self.store.open_verified(record.artifact_uri, record.sha256)
+                data = self._read_image(record)
                 model = await self.models.get(await self._image_model(record.model_name))
                 result = await classify(model, data, self.max_pixels)
             except (BadRequestError, NotFoundError, UnsupportedMediaTypeError) as exc:
@@ -101,6 +111,25 @@ class ImageService:
             await session.commit()
         self._log(f"job:{job.id}", result, record, owner=record.owner_id)
         return {"image_id": str(image_id), "top_prediction": result.top5[0]["label"]}
+
+    def _read_image(self, record: ImagePrediction) -> bytes:
+        # A stored image that was changed will not change back: no point retrying. One that
+        # cannot be read right now (store away) is retried like any other failure.
+        try:
+            return self.store.open_verified(record.artifact_uri, record.sha256)
+        except ArtifactIntegrityError as exc:
+            raise BadRequestError(f"the stored image cannot be used: {exc.message}") from exc
+
+    async def job_given_up(self, job: Job, error: str) -> None:
+        """The job will never classify this image (attempts used up): say so on the record,
+        instead of leaving it pending for ever."""
+        async with self.session_factory() as session:
+            record = await session.get(ImagePrediction, uuid.UUID(job.payload["image_id"]))
+            if record is None or record.status != "pending":
+                return
+            record.status, record.error = "failed", error
+            record.completed_at = datetime.now(UTC)
+            await session.commit()
 
     async def _image_model(
         self, name: str, version: int | None = None, alias: str | None = None

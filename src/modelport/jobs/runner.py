@@ -19,6 +19,8 @@ from modelport.jobs.tables import Job
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[Job], Awaitable[dict[str, Any]]]
+# Called once when a job fails for good (no attempt left, or a permanent error), with the error.
+GiveUpHook = Callable[[Job, str], Awaitable[None]]
 
 
 class PermanentJobError(Exception):
@@ -37,13 +39,18 @@ class JobRunner:
         self._poll_seconds = poll_seconds
         self._lease = timedelta(seconds=lease_seconds)
         self._handlers: dict[str, Handler] = {}
+        self._give_up_hooks: dict[str, GiveUpHook] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.completed = 0
 
-    def register(self, kind: str, handler: Handler) -> None:
+    def register(self, kind: str, handler: Handler, on_give_up: GiveUpHook | None = None) -> None:
+        """Run ``handler`` for jobs of ``kind``; ``on_give_up`` (kept when a later call omits it)
+        lets the owner of the work record that it will never be done."""
         self._handlers[kind] = handler
+        if on_give_up is not None:
+            self._give_up_hooks[kind] = on_give_up
 
     def notify(self) -> None:
         """A job was just enqueued here: look now instead of at the next poll."""
@@ -65,9 +72,12 @@ class JobRunner:
     async def run_once(self) -> bool:
         """Lease and run one job; False when there was nothing to do."""
         async with self._session_factory() as session:
+            abandoned = await service.give_up_abandoned(session, list(self._handlers))
             job = await service.lease_next(
                 session, self.worker_id, list(self._handlers), self._lease
             )
+        for lost in abandoned:
+            await self._give_up(lost, lost.error or "gave up")
         if job is None:
             return False
         await self._execute(job)
@@ -94,17 +104,32 @@ class JobRunner:
         except asyncio.CancelledError:
             raise
         except PermanentJobError as exc:
-            await self._finish(job, error=str(exc))
+            if await self._finish(job, error=str(exc)):
+                await self._give_up(job, str(exc))
         except Exception as exc:
             logger.exception("job failed", extra={"job_id": str(job.id), "kind": job.kind})
             retry = job.attempts < job.max_attempts
-            await self._finish(job, error=f"{type(exc).__name__}: {exc}", retry=retry)
+            error = f"{type(exc).__name__}: {exc}"
+            if await self._finish(job, error=error, retry=retry) and not retry:
+                await self._give_up(job, error)
         else:
             await self._finish(job, result=result)
             self.completed += 1
 
-    async def _finish(self, job: Job, **outcome: Any) -> None:
+    async def _finish(self, job: Job, **outcome: Any) -> bool:
         async with self._session_factory() as session:
             kept = await service.finish(session, job.id, self.worker_id, **outcome)
         if not kept:
             logger.warning("job lease was lost before it finished", extra={"job_id": str(job.id)})
+        return kept
+
+    async def _give_up(self, job: Job, error: str) -> None:
+        hook = self._give_up_hooks.get(job.kind)
+        if hook is None:
+            return
+        try:
+            await hook(job, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("job give-up hook failed", extra={"job_id": str(job.id)})

@@ -42,6 +42,43 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+def _abandoned(now: datetime) -> Any:
+    # Leased for its last allowed attempt by a worker that died: nobody would ever run it again.
+    return and_(
+        Job.status == "running",
+        Job.lease_expires_at < now,
+        Job.attempts >= Job.max_attempts,
+    )
+
+
+async def give_up_abandoned(session: AsyncSession, kinds: list[str]) -> list[Job]:
+    """Mark failed the jobs whose last attempt was cut off (its lease ran out); otherwise they
+    would stay "running" for ever. Returns the jobs this worker gave up, for their owners'
+    clean-up."""
+    now = datetime.now(UTC)
+    candidates = select(Job.id).where(Job.kind.in_(kinds), _abandoned(now)).limit(20)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    given_up: list[uuid.UUID] = []
+    for job_id in list(await session.scalars(candidates)):
+        failed = await session.execute(
+            update(Job)
+            .where(Job.id == job_id, _abandoned(now))
+            .values(
+                status="failed",
+                error="gave up: the worker running its last attempt stopped before finishing",
+                leased_by=None,
+                lease_expires_at=None,
+                finished_at=now,
+            )
+        )
+        if failed.rowcount == 1:  # type: ignore[attr-defined]
+            given_up.append(job_id)
+    await session.commit()
+    jobs = [await session.get(Job, job_id, populate_existing=True) for job_id in given_up]
+    return [job for job in jobs if job is not None]
+
+
 async def lease_next(
     session: AsyncSession, worker_id: str, kinds: list[str], lease: timedelta
 ) -> Job | None:

@@ -31,7 +31,8 @@ def _filtered(
     until: datetime | None,
 ) -> Select[T]:
     if model is not None:
-        query = query.where(PredictionRecord.model_name == model)
+        # Names are logged with NUL made visible (PostgreSQL text cannot hold it): match that.
+        query = query.where(PredictionRecord.model_name == model.replace("\x00", "\ufffd"))
     if status is not None:
         query = query.where(PredictionRecord.status == status)
     since, until = _as_utc(since), _as_utc(until)

@@ -6,14 +6,23 @@ from typing import Protocol
 
 import numpy as np
 
-from modelport.errors import ModelUnavailableError
+from modelport.errors import ModelportError, ModelUnavailableError
+from modelport.runtimes import native
 from modelport.runtimes.onnx import OnnxRuntime
 
 
 class Runtime(Protocol):
+    """What the server knows of a model: arrays in, arrays out, whatever the framework."""
+
     flavor: str
 
-    def predict(self, features: np.ndarray) -> np.ndarray: ...
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """The first output (a regressor's values, a classifier's labels, an image's logits)."""
+        ...
+
+    def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name; classifiers include class probabilities."""
+        ...
 
 
 def load_runtime(flavor: str, model_bytes: bytes, intra_op_threads: int = 1) -> Runtime:
@@ -22,4 +31,26 @@ def load_runtime(flavor: str, model_bytes: bytes, intra_op_threads: int = 1) -> 
             return OnnxRuntime(model_bytes, intra_op_threads)
         except Exception as exc:  # ONNX Runtime raises several unrelated types for bad models
             raise ModelUnavailableError(f"the ONNX model could not be loaded: {exc}") from exc
+    if flavor in native.NATIVE_FLAVORS:
+        try:
+            return _load_native(flavor, model_bytes, intra_op_threads)
+        except ModelportError as exc:
+            raise ModelUnavailableError(
+                f"the {flavor} model could not be loaded: {exc.message}"
+            ) from exc
+        except Exception as exc:
+            raise ModelUnavailableError(
+                f"the {flavor} model could not be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
     raise ModelUnavailableError(f"no runtime for flavor {flavor!r}")
+
+
+def _load_native(flavor: str, model_bytes: bytes, threads: int) -> native.NativeRuntime:
+    if flavor == "sklearn":
+        return native.SklearnRuntime(native.load_skops(model_bytes))
+    if flavor == "sklearn-pickle":
+        # Only versions an administrator uploaded with pickles allowed carry this flavor.
+        return native.PickledSklearnRuntime(native.load_pickle(model_bytes))
+    if flavor == "xgboost":
+        return native.XGBoostRuntime(model_bytes, threads)
+    return native.LightGBMRuntime(model_bytes, threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,11 +20,17 @@ from modelport.errors import (
 )
 from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
-from modelport.registry.service import VersionRef
+from modelport.registry.service import MissingVersionError, VersionRef
+from modelport.runtimes.native import json_class
 from modelport.runtimes.signature import Signature
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
-from modelport.serving.validation import extract_rows, parse_json_body, validate_rows
+from modelport.serving.validation import Rows, extract_rows, parse_json_body, validate_rows
+
+# How another wire format (the V2 protocol) reuses predict_with: its own body parser, and a
+# reader that turns the parsed body into rows once the version (and its signature) is known.
+BodyParser = Callable[[bytes], Any]
+RowReader = Callable[[VersionRef, Any], Awaitable[Rows]]
 
 
 @dataclass(frozen=True)
@@ -67,10 +74,33 @@ class PredictionService:
         *,
         allow_batch: bool = True,
     ) -> PredictionResult:
+        async def read_rows(ref: VersionRef, payload: Any) -> Rows:
+            return extract_rows(payload, self._max_batch_rows, allow_batch=allow_batch)
+
+        return await self.predict_with(
+            target, body, request_id, caller, parse=parse_json_body, read_rows=read_rows
+        )
+
+    async def predict_with(
+        self,
+        target: Target,
+        body: bytes,
+        request_id: str,
+        caller: Principal,
+        *,
+        parse: BodyParser,
+        read_rows: RowReader,
+    ) -> PredictionResult:
+        """``predict`` for any body format: same checks, log row and metrics."""
         call = _Call(target, caller, request_id, time.perf_counter())
         try:
-            call.payload = parse_json_body(body)
-            ref = await self._resolver.resolve(target.name, target.version, target.alias)
+            call.payload = parse(body)
+            try:
+                ref = await self._resolver.resolve(target.name, target.version, target.alias)
+            except MissingVersionError as exc:  # "no version 9" would reveal the model exists
+                if not caller.can_see(exc.owner_id, exc.public):
+                    raise NotFoundError(f"model {target.name!r} not found") from None
+                raise
             if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
                 raise NotFoundError(f"model {target.name!r} not found")
             call.ref = ref
@@ -79,11 +109,11 @@ class PredictionService:
                     f"model {ref.model_name!r} takes an image: send it as multipart/form-data "
                     "with the file in the field 'file'"
                 )
-            rows = extract_rows(call.payload, self._max_batch_rows, allow_batch=allow_batch)
+            rows = await read_rows(ref, call.payload)
             features = validate_rows(ref.signature, rows)
             model = await self._cache.get(ref)
-            raw = await anyio.to_thread.run_sync(model.runtime.predict, features)
-            predictions = postprocess(ref.signature, raw, len(rows.items))
+            outputs = await anyio.to_thread.run_sync(model.runtime.predict_outputs, features)
+            predictions = postprocess(ref.signature, outputs, len(rows.items), ref.details)
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
             self._record(call, None, status, exc.message)
@@ -146,14 +176,21 @@ def _storable(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
-def postprocess(signature: Signature, raw: np.ndarray, n_rows: int) -> list[dict[str, Any]]:
-    """Name each output value and clip it into the bounds the signature declares."""
-    values = np.asarray(raw, dtype=np.float64).reshape(n_rows, -1)
-    broken = np.flatnonzero(~np.isfinite(values).all(axis=1))
-    if broken.size:  # JSON (and the prediction log) have no NaN or infinity
-        raise ModelUnavailableError(
-            f"the model gave no finite answer (NaN or infinity) for row {int(broken[0])}"
-        )
+def postprocess(
+    signature: Signature,
+    outputs: Mapping[str, np.ndarray] | np.ndarray,
+    n_rows: int,
+    details: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Name each output. A classifier's row is its label and the probability of every class
+    (``details["classes"]`` names them); a regressor's values are named by the signature and
+    clipped into the bounds it declares."""
+    if not isinstance(outputs, Mapping):
+        outputs = {"output": outputs}
+    if signature.task == "classification":
+        return _classified(outputs, n_rows, (details or {}).get("classes"))
+    values = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(n_rows, -1)
+    _check_finite(values)
     rows: list[dict[str, Any]] = [{} for _ in range(n_rows)]
     for column, spec in enumerate(signature.outputs):
         column_values = values[:, column]
@@ -162,3 +199,37 @@ def postprocess(signature: Signature, raw: np.ndarray, n_rows: int) -> list[dict
         for row, value in zip(rows, column_values.tolist(), strict=True):
             row[spec.name] = value
     return rows
+
+
+def _classified(
+    outputs: Mapping[str, np.ndarray], n_rows: int, classes: list[Any] | None
+) -> list[dict[str, Any]]:
+    labels, probabilities = outputs.get("label"), outputs.get("probabilities")
+    for value in outputs.values():  # ONNX classifiers name their outputs as they like
+        array = np.asarray(value)
+        if probabilities is None and array.dtype.kind == "f" and array.ndim == 2:
+            probabilities = array
+        elif labels is None and array.dtype.kind in "iuUSOb" and array.size == n_rows:
+            labels = array
+    if probabilities is None:
+        raise ModelUnavailableError("the classifier gave no class probabilities")
+    matrix = np.asarray(probabilities, dtype=np.float64).reshape(n_rows, -1)
+    _check_finite(matrix)
+    names = classes if classes and len(classes) == matrix.shape[1] else list(range(matrix.shape[1]))
+    if labels is None:
+        chosen = [names[i] for i in np.argmax(matrix, axis=1)]
+    else:
+        chosen = [json_class(label) for label in np.asarray(labels).reshape(n_rows)]
+    keys = [str(name) for name in names]
+    return [
+        {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
+        for label, row in zip(chosen, matrix.tolist(), strict=True)
+    ]
+
+
+def _check_finite(values: np.ndarray) -> None:
+    broken = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if broken.size:  # JSON (and the prediction log) have no NaN or infinity
+        raise ModelUnavailableError(
+            f"the model gave no finite answer (NaN or infinity) for row {int(broken[0])}"
+        )

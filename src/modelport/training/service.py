@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import numpy as np
-import skops.io  # type: ignore[import-untyped]
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,6 +24,7 @@ from modelport.registry import management
 from modelport.registry import service as registry
 from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import Model
+from modelport.runtimes.build_only import import_skops_io
 from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.training import algorithms
@@ -187,7 +187,7 @@ def _train(spec: dict[str, Any], features: np.ndarray, target: np.ndarray) -> tu
         else (FieldSpec(name=spec["target"]),),
     )
     prepared = prepare_upload(
-        skops.io.dumps(trained.model),
+        import_skops_io().dumps(trained.model),
         declared_flavor="skops",
         signature=signature,
         task=spec["task"],

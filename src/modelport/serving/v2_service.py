@@ -1,0 +1,512 @@
+"""The Open Inference Protocol (KServe V2) on top of PredictionService.
+
+A V2 request names tensors; modelport's models take rows of named, bounded features. This
+module translates between the two and nothing else: the rows go through
+``PredictionService.predict_with``, so the signature's rules, the visibility check, the
+prediction log and the metrics are the same as for the REST endpoints.
+
+A tabular model takes either its 2-D input tensor (named after the ONNX input, ``[rows,
+features]``, advertised in the metadata) or one 1-D tensor per signature field (``[rows]``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from modelport.auth.principal import Principal
+from modelport.errors import (
+    InvalidInputError,
+    ModelportError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
+from modelport.registry import service as registry
+from modelport.registry.service import MissingVersionError, VersionRef
+from modelport.runtimes.signature import FieldSpec, Signature
+from modelport.serving.model_cache import LoadedModel, ModelCache
+from modelport.serving.resolver import VersionResolver
+from modelport.serving.service import PredictionResult
+from modelport.serving.v2_schemas import (
+    DATATYPES,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+    TensorMetadata,
+)
+from modelport.serving.validation import Rows, parse_json_body
+
+EXTENSIONS = ["binary_tensor_data"]
+BINARY_HEADER = "inference-header-content-length"
+PLATFORMS = {"onnx": "onnxruntime_onnx"}
+_VERSION = re.compile(r"^[0-9]{1,7}$")
+
+_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
+_INTEGER_RANGES = {
+    f"{kind}{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if kind == "INT"
+    else (0, 2**bits - 1)
+    for kind in ("INT", "UINT")
+    for bits in (8, 16, 32, 64)
+}
+_BINARY_DTYPES = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_ONNX_DATATYPES = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float64): "FP64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+}
+_OUTPUT_DATATYPES = {"float": "FP64", "int": "INT64", "str": "BYTES"}
+_OUTPUT_DTYPES = {"FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
+
+
+def parse_version(name: str, version: str) -> int:
+    """V2 versions are strings; modelport's are the numbers 1, 2, ... (anything else: 404)."""
+    if not _VERSION.match(version) or int(version) < 1:
+        raise NotFoundError(f"model {name!r} has no version {version!r}")
+    return int(version)
+
+
+def platform_of(ref: VersionRef) -> str:
+    return PLATFORMS.get(ref.flavor, ref.flavor)
+
+
+@dataclass(frozen=True)
+class MatrixInput:
+    """The model's own 2-D input tensor, as the V2 metadata advertises it."""
+
+    name: str
+    datatype: str
+    columns: int
+
+
+def matrix_input(model: LoadedModel) -> MatrixInput:
+    runtime = model.runtime
+    # Not part of the Runtime protocol (which promises predict only), but every runtime here
+    # names its input tensor and its numeric type.
+    name = getattr(runtime, "input_name", None) or "input"
+    dtype = getattr(runtime, "input_dtype", None) or np.float32
+    return MatrixInput(
+        name=str(name),
+        datatype=_ONNX_DATATYPES.get(np.dtype(dtype), "FP32"),
+        columns=len(model.ref.signature.inputs),
+    )
+
+
+def output_datatype(spec: FieldSpec) -> str:
+    return _OUTPUT_DATATYPES.get(spec.type, "BYTES")
+
+
+def output_shape(ref: VersionRef, spec: FieldSpec) -> list[int]:
+    """One value per row, except a classifier's probabilities: one column per class."""
+    if _is_probabilities(ref.signature, spec):
+        classes = ref.details.get("classes")
+        return [-1, len(classes) if isinstance(classes, list) else -1]
+    return [-1]
+
+
+def _is_probabilities(signature: Signature, spec: FieldSpec) -> bool:
+    return signature.task == "classification" and spec.name == "probabilities"
+
+
+def describe(ref: VersionRef, model: LoadedModel, versions: list[int]) -> ModelMetadata:
+    signature = ref.signature
+    if signature.takes_image:  # served over REST multipart only; described field by field
+        inputs = [
+            TensorMetadata(name=s.name, datatype="BYTES", shape=[1]) for s in signature.inputs
+        ]
+    else:
+        matrix = matrix_input(model)
+        inputs = [
+            TensorMetadata(name=matrix.name, datatype=matrix.datatype, shape=[-1, matrix.columns])
+        ]
+    return ModelMetadata(
+        name=ref.model_name,
+        versions=[str(v) for v in versions],
+        platform=platform_of(ref),
+        inputs=inputs,
+        outputs=[
+            TensorMetadata(name=s.name, datatype=output_datatype(s), shape=output_shape(ref, s))
+            for s in signature.outputs
+        ],
+    )
+
+
+class ModelDirectory:
+    """Which version a V2 path means, whether the caller may see it, and what it looks like."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        resolver: VersionResolver,
+        models: ModelCache,
+    ) -> None:
+        self._session_factory = session_factory
+        self._resolver = resolver
+        self._models = models
+
+    async def visible(self, caller: Principal, name: str, version: int | None) -> VersionRef:
+        try:
+            ref = await self._resolver.resolve(name, version, None)
+        except MissingVersionError as exc:  # "no version 9" would reveal the model exists
+            if not caller.can_see(exc.owner_id, exc.public):
+                raise NotFoundError(f"model {name!r} not found") from None
+            raise
+        except ModelportError:
+            raise
+        except Exception as exc:  # no SQL or driver text to the caller
+            raise ServiceUnavailableError(
+                "the model registry cannot be reached right now; try again shortly"
+            ) from exc
+        if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
+            raise NotFoundError(f"model {name!r} not found")
+        return ref
+
+    def is_loaded(self, ref: VersionRef) -> bool:
+        return any(m.ref.version_id == ref.version_id for m in self._models.loaded())
+
+    async def metadata(self, caller: Principal, name: str, version: int | None) -> ModelMetadata:
+        ref = await self.visible(caller, name, version)
+        try:
+            async with self._session_factory() as session:
+                stored = await registry.get_model(session, ref.model_name)
+                versions = sorted(v.version for v in stored.versions)
+        except ModelportError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailableError(
+                "the model registry cannot be reached right now; try again shortly"
+            ) from exc
+        return describe(ref, await self._models.get(ref), versions)
+
+
+class InferCall:
+    """One V2 infer request: ``parse`` and ``read_rows`` plug into
+    ``PredictionService.predict_with``; ``respond`` shapes its result as V2 output tensors."""
+
+    def __init__(self, models: ModelCache, max_rows: int, header_length: str | None) -> None:
+        self._models = models
+        self._max_rows = max_rows
+        self._header_length = header_length
+        self._request: InferenceRequest | None = None
+        self._outputs: list[tuple[FieldSpec, bool]] = []
+
+    def parse(self, body: bytes) -> Any:
+        """JSON, or with the binary extension a JSON header followed by the tensors' bytes;
+        binary tensors are decoded into the payload so the prediction log shows them."""
+        if self._header_length is None:
+            return parse_json_body(body)
+        length = _header_length(self._header_length, len(body))
+        payload = parse_json_body(body[:length])
+        _inline_binary(payload, memoryview(body)[length:])
+        return payload
+
+    async def read_rows(self, ref: VersionRef, payload: Any) -> Rows:
+        request = _request_of(payload)
+        self._request = request
+        self._outputs = _select_outputs(ref.signature, request)
+        matrix = matrix_input(await self._models.get(ref))
+        tensors: dict[str, RequestInput] = {}
+        for tensor in request.inputs:
+            if tensor.name in tensors:
+                raise InvalidInputError(f"input {tensor.name!r} is sent twice")
+            tensors[tensor.name] = tensor
+        signature = ref.signature
+        chosen = tensors.get(matrix.name)
+        # A feature may share the input's name; a 1-D tensor of that name is that feature.
+        if chosen is not None and not (
+            matrix.name in signature.input_names and len(chosen.shape) == 1
+        ):
+            if len(tensors) > 1:
+                raise InvalidInputError(
+                    f"send either the 2-D input {matrix.name!r} or one input per feature, "
+                    f"not both (got {sorted(tensors)})"
+                )
+            items = self._matrix_rows(signature, matrix, chosen)
+        else:
+            items = self._field_rows(signature, matrix, tensors)
+        return Rows(items, ("body", "row"), indexed=True)
+
+    def respond(self, result: PredictionResult) -> tuple[bytes, dict[str, str]]:
+        """The response body and headers: JSON, or a JSON header plus binary tensors."""
+        assert self._request is not None, "respond() follows a successful prediction"
+        rows = result.predictions
+        outputs: list[ResponseOutput] = []
+        blobs: list[bytes] = []
+        for spec, binary in self._outputs:
+            datatype = output_datatype(spec)
+            values = [row[spec.name] for row in rows]
+            output = ResponseOutput(name=spec.name, shape=[len(values)], datatype=datatype)
+            if values and isinstance(values[0], dict):  # class -> probability, per row
+                classes = list(values[0])
+                values = [row[name] for row in values for name in classes]
+                output.shape = [len(rows), len(classes)]
+                output.parameters = {"classes": classes}
+            if binary:
+                blob = _encode_binary(values, datatype)
+                output.parameters = {**(output.parameters or {}), "binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                output.data = values
+            outputs.append(output)
+        response = InferenceResponse(
+            model_name=result.model_name,
+            model_version=result.model_version,
+            id=self._request.id if self._request.id is not None else result.request_id,
+            outputs=outputs,
+        )
+        header = orjson.dumps(response.model_dump(exclude_none=True))
+        if not blobs:
+            return header, {"content-type": "application/json"}
+        return header + b"".join(blobs), {
+            "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header)),
+        }
+
+    def _row_count(self, tensor: RequestInput) -> int:
+        rows = tensor.shape[0]
+        if rows == 0:
+            raise InvalidInputError(f"input {tensor.name!r} holds no rows (shape {tensor.shape})")
+        if rows > self._max_rows:
+            raise PayloadTooLargeError(
+                f"{rows} rows sent; at most {self._max_rows} rows are accepted per request"
+            )
+        return rows
+
+    def _matrix_rows(
+        self, signature: Signature, matrix: MatrixInput, tensor: RequestInput
+    ) -> list[dict[str, Any]]:
+        if len(tensor.shape) != 2 or tensor.shape[1] != matrix.columns:
+            raise InvalidInputError(
+                f"input {tensor.name!r} has shape {tensor.shape}; this model takes "
+                f"[rows, {matrix.columns}] (one column per feature: {signature.input_names})"
+            )
+        rows = self._row_count(tensor)
+        values = _values(tensor, rows * matrix.columns)
+        width = matrix.columns
+        return [
+            _row(signature, values[start : start + width])
+            for start in range(0, rows * width, width)
+        ]
+
+    def _field_rows(
+        self, signature: Signature, matrix: MatrixInput, tensors: dict[str, RequestInput]
+    ) -> list[dict[str, Any]]:
+        names = signature.input_names
+        unknown = [name for name in tensors if name not in names]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown input {unknown[0]!r}; this model takes the 2-D input {matrix.name!r} "
+                f"[rows, {matrix.columns}] or one 1-D input per feature: {names}"
+            )
+        missing = [name for name in names if name not in tensors]
+        if missing:
+            raise InvalidInputError(f"inputs {missing} are missing; every feature is required")
+        rows: int | None = None
+        columns: list[list[Any]] = []
+        for name in names:
+            tensor = tensors[name]
+            if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
+                raise InvalidInputError(
+                    f"input {name!r} has shape {tensor.shape}; a per-feature input is [rows]"
+                )
+            count = self._row_count(tensor)
+            if rows is not None and count != rows:
+                raise InvalidInputError(
+                    f"input {name!r} has {count} rows but {names[0]!r} has {rows}; "
+                    "every feature needs one value per row"
+                )
+            rows = count
+            columns.append(_values(tensor, count))
+        return [_row(signature, list(values)) for values in zip(*columns, strict=True)]
+
+
+def _row(signature: Signature, values: list[Any]) -> dict[str, Any]:
+    row = {}
+    for spec, value in zip(signature.inputs, values, strict=True):
+        # A float tensor may carry an int field's value (3.0): the signature wants the int.
+        if spec.type == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        row[spec.name] = value
+    return row
+
+
+def _request_of(payload: Any) -> InferenceRequest:
+    try:
+        return InferenceRequest.model_validate(payload)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        raise InvalidInputError(f"not a V2 inference request: {where}: {error['msg']}") from None
+
+
+def _select_outputs(
+    signature: Signature, request: InferenceRequest
+) -> list[tuple[FieldSpec, bool]]:
+    """The outputs to answer, each with whether it goes as binary data."""
+    everything_binary = request.parameters.get("binary_data_output") is True
+    if request.outputs is None:
+        return [(spec, everything_binary) for spec in signature.outputs]
+    by_name = {spec.name: spec for spec in signature.outputs}
+    chosen: list[tuple[FieldSpec, bool]] = []
+    for wanted in _unique(request.outputs):
+        spec = by_name.get(wanted.name)
+        if spec is None:
+            raise InvalidInputError(
+                f"unknown output {wanted.name!r}; this model answers {list(by_name)}"
+            )
+        binary = wanted.parameters.get("binary_data", everything_binary)
+        chosen.append((spec, binary is True))
+    return chosen
+
+
+def _unique(outputs: list[RequestOutput]) -> list[RequestOutput]:
+    seen: dict[str, RequestOutput] = {}
+    for output in outputs:
+        seen.setdefault(output.name, output)
+    return list(seen.values())
+
+
+def _values(tensor: RequestInput, count: int) -> list[Any]:
+    """The tensor's elements, flattened, counted and checked against its datatype."""
+    datatype = tensor.datatype
+    if datatype not in DATATYPES:
+        raise InvalidInputError(
+            f"input {tensor.name!r} has the unknown datatype {datatype!r}; "
+            f"the protocol's datatypes are {list(DATATYPES)}"
+        )
+    if datatype not in _FLOAT_TYPES and datatype not in _INTEGER_RANGES:
+        raise InvalidInputError(
+            f"input {tensor.name!r} has datatype {datatype}; this model takes numbers "
+            "(FP32, FP64, FP16 or an integer type)"
+        )
+    if tensor.data is None:
+        raise InvalidInputError(f"input {tensor.name!r} has no data")
+    values = _flatten(tensor.name, tensor.data)
+    if len(values) != count:
+        raise InvalidInputError(
+            f"input {tensor.name!r}: shape {tensor.shape} holds {count} values "
+            f"but data has {len(values)}"
+        )
+    bounds = _INTEGER_RANGES.get(datatype)
+    for index, value in enumerate(values):
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        if bounds is None:
+            fits = is_number
+        else:
+            fits = is_number and isinstance(value, int) and bounds[0] <= value <= bounds[1]
+        if not fits:
+            raise InvalidInputError(
+                f"input {tensor.name!r}: element {index} ({_shown(value)}) is not a "
+                f"{datatype} value"
+            )
+    return values
+
+
+def _flatten(name: str, data: Any) -> list[Any]:
+    """Flat or nested JSON arrays, in row-major order."""
+    if not isinstance(data, list):
+        raise InvalidInputError(f"input {name!r}: data must be a JSON array (flat or nested)")
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _shown(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _header_length(declared: str, body_length: int) -> int:
+    if not declared.isascii() or not declared.isdigit() or int(declared) > body_length:
+        raise InvalidInputError(
+            f"the Inference-Header-Content-Length header ({declared[:20]!r}) must be the "
+            f"byte length of the JSON part of the body ({body_length} bytes in all)"
+        )
+    return int(declared)
+
+
+def _inline_binary(payload: Any, blob: memoryview) -> None:
+    """Replace each input's ``binary_data_size`` bytes (in input order) by its values."""
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    offset = 0
+    for tensor in inputs if isinstance(inputs, list) else []:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is None:
+            continue
+        name = tensor.get("name")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInputError(f"input {name!r}: binary_data_size must be a byte count")
+        if tensor.get("data") is not None:
+            raise InvalidInputError(f"input {name!r} has both data and binary_data_size")
+        if offset + size > len(blob):
+            raise InvalidInputError(
+                f"input {name!r}: binary_data_size {size} runs past the end of the body"
+            )
+        tensor["data"] = _decode_binary(name, tensor.get("datatype"), blob[offset : offset + size])
+        offset += size
+    if offset != len(blob):
+        raise InvalidInputError(
+            f"the body holds {len(blob) - offset} bytes of binary data that no input claims"
+        )
+
+
+def _decode_binary(name: Any, datatype: Any, chunk: memoryview) -> list[Any]:
+    dtype = _BINARY_DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InvalidInputError(
+            f"input {name!r}: binary data of datatype {datatype!r} is not supported here; "
+            f"send one of {sorted(_BINARY_DTYPES)}"
+        )
+    if len(chunk) % dtype.itemsize:
+        raise InvalidInputError(
+            f"input {name!r}: {len(chunk)} bytes is not a whole number of {datatype} values"
+        )
+    array = np.frombuffer(chunk, dtype=dtype)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        index = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise InvalidInputError(
+            f"input {name!r}: element {index} is NaN or infinite; send finite numbers"
+        )
+    values: list[Any] = array.tolist()
+    return values
+
+
+def _encode_binary(values: list[Any], datatype: str) -> bytes:
+    dtype = _OUTPUT_DTYPES.get(datatype)
+    if dtype is not None:
+        return np.asarray(values, dtype=dtype).tobytes()
+    encoded = [str(value).encode() for value in values]  # BYTES: 4-byte length, then the bytes
+    return b"".join(len(item).to_bytes(4, "little") + item for item in encoded)

