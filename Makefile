@@ -5,9 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup builtins run test lint bench clean
 
-setup: $(STAMP)
+# Dependencies, then the built-in models (trained / converted once, when not registered yet).
+setup: $(STAMP) builtins
+
+builtins: $(STAMP)
+	$(BIN)/modelport builtins install
 
 # Idempotent: reinstalls only when the lock or the project metadata changed.
 $(STAMP): requirements.lock pyproject.toml
@@ -17,7 +21,6 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/modelport builtins install
 	$(BIN)/modelport serve
 
 lint: setup
