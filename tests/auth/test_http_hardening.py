@@ -164,11 +164,6 @@ def test_a_key_name_full_of_metacharacters_is_stored_as_written(
     assert renamed.json()["name"] == payload[::-1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a NUL check on API key names in auth/schemas.py (PostgreSQL: 500; SQLite: "
-    "stored); remove this mark with that fix",
-)
 @pytest.mark.parametrize("method", ["POST", "PATCH"])
 def test_a_key_name_with_a_nul_is_refused(
     client: TestClient, admin: dict[str, str], method: str

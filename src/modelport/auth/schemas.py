@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Scope = Literal["predict", "read", "manage"]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"  # names are shown in lists; no control characters
 Role = Literal["admin", "user"]
 
 
@@ -52,7 +53,9 @@ class UserUpdateIn(BaseModel):
 class ApiKeyCreateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=100, examples=["notebook"])]
+    name: Annotated[
+        str, Field(min_length=1, max_length=100, pattern=_PRINTABLE, examples=["notebook"])
+    ]
     scopes: Annotated[list[Scope], Field(min_length=1, examples=[["predict", "read"]])] = [
         "predict",
         "read",
@@ -66,7 +69,7 @@ class ApiKeyCreateIn(BaseModel):
 class ApiKeyUpdateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    name: Annotated[str | None, Field(min_length=1, max_length=100, pattern=_PRINTABLE)] = None
     scopes: Annotated[list[Scope] | None, Field(min_length=1)] = None
     rate_limit_per_minute: Annotated[int | None, Field(ge=1, le=1_000_000)] = None
 

@@ -150,9 +150,7 @@ class ImageService:
         version: int | None = None,
         alias: str | None = None,
     ) -> Classification:
-        ref = await self.resolver.resolve(name, version, alias)
-        if not caller.can_see(ref.owner_id, ref.public):
-            raise NotFoundError(f"model {name!r} not found")
+        ref = await self.resolver.resolve_for(caller, name, version, alias)
         if not ref.signature.takes_image:
             raise UnsupportedMediaTypeError(f"model {name!r} takes JSON rows, not an image upload")
         if not data:

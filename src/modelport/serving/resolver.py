@@ -6,6 +6,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelport.auth.principal import Principal
 from modelport.errors import NotFoundError
 from modelport.registry import service as registry
 from modelport.registry.service import VersionRef
@@ -38,6 +39,21 @@ class VersionResolver:
                 return hit[1]
             raise
         self._cache[key] = (now, ref)
+        return ref
+
+    async def resolve_for(
+        self, caller: Principal, name: str, version: int | None, alias: str | None
+    ) -> VersionRef:
+        """Resolve for ``caller``: a model they may not see is "not found", whatever was asked
+        of it ("no version 9" would reveal that it exists)."""
+        try:
+            ref = await self.resolve(name, version, alias)
+        except registry.MissingVersionError as exc:
+            if not caller.can_see(exc.owner_id, exc.public):
+                raise NotFoundError(f"model {name!r} not found") from None
+            raise
+        if not caller.can_see(ref.owner_id, ref.public):
+            raise NotFoundError(f"model {name!r} not found")
         return ref
 
     def remember(self, ref: VersionRef, alias: str) -> None:

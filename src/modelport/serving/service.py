@@ -15,12 +15,11 @@ from modelport.auth.principal import Principal
 from modelport.errors import (
     ModelportError,
     ModelUnavailableError,
-    NotFoundError,
     UnsupportedMediaTypeError,
 )
 from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
-from modelport.registry.service import MissingVersionError, VersionRef
+from modelport.registry.service import VersionRef
 from modelport.runtimes.native import json_class
 from modelport.runtimes.signature import Signature
 from modelport.serving.model_cache import ModelCache
@@ -95,14 +94,9 @@ class PredictionService:
         call = _Call(target, caller, request_id, time.perf_counter())
         try:
             call.payload = parse(body)
-            try:
-                ref = await self._resolver.resolve(target.name, target.version, target.alias)
-            except MissingVersionError as exc:  # "no version 9" would reveal the model exists
-                if not caller.can_see(exc.owner_id, exc.public):
-                    raise NotFoundError(f"model {target.name!r} not found") from None
-                raise
-            if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
-                raise NotFoundError(f"model {target.name!r} not found")
+            ref = await self._resolver.resolve_for(
+                caller, target.name, target.version, target.alias
+            )
             call.ref = ref
             if ref.signature.takes_image:
                 raise UnsupportedMediaTypeError(

@@ -29,7 +29,7 @@ from modelport.errors import (
     ServiceUnavailableError,
 )
 from modelport.registry import service as registry
-from modelport.registry.service import MissingVersionError, VersionRef
+from modelport.registry.service import VersionRef
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.serving.model_cache import LoadedModel, ModelCache
 from modelport.serving.resolver import VersionResolver
@@ -170,19 +170,13 @@ class ModelDirectory:
 
     async def visible(self, caller: Principal, name: str, version: int | None) -> VersionRef:
         try:
-            ref = await self._resolver.resolve(name, version, None)
-        except MissingVersionError as exc:  # "no version 9" would reveal the model exists
-            if not caller.can_see(exc.owner_id, exc.public):
-                raise NotFoundError(f"model {name!r} not found") from None
-            raise
+            ref = await self._resolver.resolve_for(caller, name, version, None)
         except ModelportError:
             raise
         except Exception as exc:  # no SQL or driver text to the caller
             raise ServiceUnavailableError(
                 "the model registry cannot be reached right now; try again shortly"
             ) from exc
-        if not caller.can_see(ref.owner_id, ref.public):  # same answer as a missing model
-            raise NotFoundError(f"model {name!r} not found")
         return ref
 
     def is_loaded(self, ref: VersionRef) -> bool:
