@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,14 @@ from sklearn.linear_model import LinearRegression
 
 from modelport.app import create_app
 from modelport.settings import Settings
-from tests.helpers import admin_headers, bearer, create_account, wait_until_ready
+from tests.helpers import (
+    WINE_ROW,
+    admin_headers,
+    bearer,
+    create_account,
+    register_trained,
+    wait_until_ready,
+)
 
 MODELS = "/api/v1/models"
 
@@ -359,3 +367,37 @@ def test_listing_filters_sorts_and_pages(app_client: TestClient, alice: dict[str
     assert app_client.get(MODELS, params={"mine": True}, headers=alice).json()["total"] == 3
     assert "wine-quality" in names()  # public models are listed for everyone
     assert app_client.get(MODELS, params={"sort": "size"}, headers=alice).status_code == 422
+
+
+def test_an_alias_move_reaches_another_replica_within_the_cache_lifetime(
+    make_settings: Any, wine_registered: Settings, trained_wine: Any
+) -> None:
+    """Two replicas share the database; promoting on one is served by the other within
+    MODELPORT_REGISTRY_CACHE_SECONDS, with no restart."""
+    register_trained(wine_registered, trained_wine)  # v2; production stays on the newest: v2
+    other_var = wine_registered.var_dir.parent / "replica-b"
+    replica_b = make_settings(
+        var_dir=other_var,
+        registry_cache_seconds=0.5,
+        jwt_secret="r" * 40,
+        artifact_store=wine_registered.artifact_store,
+    )
+    replica_a = make_settings(jwt_secret="r" * 40, registry_cache_seconds=0.5)
+    create_account(replica_a, "admin-r@example.com", role="admin")
+    with TestClient(create_app(replica_a)) as a, TestClient(create_app(replica_b)) as b:
+        wait_until_ready(a)
+        wait_until_ready(b)
+        assert b.post("/predict", json=WINE_ROW).json()["model_version"] == "2"
+        admin = bearer(a, "admin-r@example.com")
+
+        moved = a.put(
+            f"{MODELS}/wine-quality/aliases/production", json={"version": 1}, headers=admin
+        )
+        assert moved.status_code == 200
+
+        deadline = time.monotonic() + 10
+        served = "2"
+        while time.monotonic() < deadline and served != "1":
+            served = b.post("/predict", json=WINE_ROW).json()["model_version"]
+            time.sleep(0.1)
+    assert served == "1"
