@@ -6,12 +6,11 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from starlette.datastructures import UploadFile
 
 from modelport.auth.dependencies import Predictor, SignedInReader, get_principal
 from modelport.auth.principal import Principal
 from modelport.dependencies import get_services
-from modelport.errors import InvalidInputError
+from modelport.http.uploads import read_upload
 from modelport.images.schemas import (
     CorrectionIn,
     CorrectionOut,
@@ -77,15 +76,8 @@ def present(record: ImagePrediction) -> ImagePredictionOut:
 async def upload(request: Request, caller: Predictor, services: ServicesDep) -> ImageAcceptedOut:
     # The form is read here, not by FastAPI's File(): FastAPI turns every error while parsing
     # into a 400, so an upload streamed past MODELPORT_MAX_UPLOAD_BYTES would not get its 413.
-    async with request.form(max_files=1, max_fields=10) as form:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise InvalidInputError(
-                "send the image as a file in the multipart field 'file'",
-                [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
-            )
-        filename, data = file.filename, await file.read()
-    record = await services.images.accept(caller, filename, data)
+    upload = await read_upload(request, "image")
+    record = await services.images.accept(caller, upload.filename, upload.data)
     return ImageAcceptedOut(
         id=record.id, filename=record.filename, status="pending", job_id=record.job_id
     )

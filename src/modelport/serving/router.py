@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from starlette.datastructures import UploadFile
 
 from modelport.auth.dependencies import Predictor
 from modelport.auth.principal import Principal
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.dependencies import get_services
-from modelport.errors import InvalidInputError
+from modelport.http.uploads import is_multipart, read_upload
 from modelport.services import Services
 from modelport.serving.schemas import PredictionsOut, WinePredictionOut
 from modelport.serving.service import PredictionResult, Target
@@ -75,24 +74,13 @@ def _request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-def _is_upload(request: Request) -> bool:
-    return request.headers.get("content-type", "").startswith("multipart/form-data")
-
-
 async def _classify_upload(
     request: Request, services: Services, caller: Principal, target: Target
 ) -> PredictionsOut:
     """Image models take a multipart upload (field ``file``) and answer the top 5 at once."""
-    async with request.form(max_files=1, max_fields=10) as form:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInputError(
-                "send the image as a file in the multipart field 'file'",
-                [{"loc": ["body", "file"], "msg": "Field required", "type": "missing"}],
-            )
-        data = await upload.read()
+    upload = await read_upload(request, "image")
     result = await services.images.classify_now(
-        caller, target.name, data, _request_id(request), target.version, target.alias
+        caller, target.name, upload.data, _request_id(request), target.version, target.alias
     )
     return PredictionsOut(
         model_name=result.model_name,
@@ -154,7 +142,7 @@ async def predict(
     alias: AliasQuery = None,
 ) -> PredictionsOut:
     target = Target(name, alias=alias)
-    if _is_upload(request):
+    if is_multipart(request):
         return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
         target, await request.body(), _request_id(request), caller
@@ -177,7 +165,7 @@ async def predict_version(
     caller: Predictor,
 ) -> PredictionsOut:
     target = Target(name, version=version)
-    if _is_upload(request):
+    if is_multipart(request):
         return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
         target, await request.body(), _request_id(request), caller

@@ -9,12 +9,12 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import ValidationError
 from sklearn.datasets import make_regression
-from starlette.datastructures import UploadFile
 
 from modelport.auth.dependencies import Manager
 from modelport.datasets.csv_import import parse_csv
 from modelport.dependencies import get_services
 from modelport.errors import ForbiddenError, InvalidInputError
+from modelport.http.uploads import is_multipart, read_upload
 from modelport.services import Services
 from modelport.training.schemas import SampleDataOut, TrainAcceptedOut, TrainIn
 
@@ -66,15 +66,11 @@ _TRAIN_BODY: dict[str, Any] = {
 
 
 async def _read_request(request: Request, max_rows: int) -> tuple[TrainIn, Any]:
-    content_type = request.headers.get("content-type", "")
     try:
-        if content_type.startswith("multipart/form-data"):
-            async with request.form(max_files=1, max_fields=20) as form:
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    raise InvalidInputError("send the CSV in the multipart field 'file'")
-                parsed = parse_csv(await upload.read(), max_rows)
-                fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file"}
+        if is_multipart(request):
+            upload = await read_upload(request, "CSV")
+            parsed = parse_csv(upload.data, max_rows)
+            fields: dict[str, Any] = dict(upload.fields)
             if isinstance(fields.get("features"), str):
                 fields["features"] = [f.strip() for f in fields["features"].split(",") if f]
             if isinstance(fields.get("params"), str):
