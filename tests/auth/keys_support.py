@@ -15,13 +15,12 @@ from sqlalchemy import select, update
 
 from modelport.app import create_app
 from modelport.auth.tables import ApiKey
-from modelport.builtin.wine import WINE_SIGNATURE, TrainedWine
+from modelport.builtin.wine import TrainedWine
 from modelport.datasets import service as datasets
 from modelport.db.engine import create_engine, create_session_factory
-from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store
 from modelport.settings import Settings
 from tests.helpers import bearer, create_account, run, services_of, settings_for, wait_until_ready
+from tests.registry.support import register_onnx
 
 KEYS = "/api/v1/api-keys"
 PREDICTIONS = "/api/v1/predictions"
@@ -51,31 +50,7 @@ def register_private_model(
     settings: Settings, trained: TrainedWine, name: str, owner_id: uuid.UUID
 ) -> int:
     """The wine ONNX model registered again as ``name``, private to ``owner_id``."""
-
-    async def register() -> int:
-        engine = create_engine(settings.database_url)
-        try:
-            async with create_session_factory(engine)() as session:
-                version = await registry.register_version(
-                    session,
-                    open_artifact_store(settings.artifact_store),
-                    model_name=name,
-                    task="regression",
-                    artifact=trained.onnx_bytes,
-                    artifact_suffix=".onnx",
-                    flavor="onnx",
-                    signature=WINE_SIGNATURE,
-                    metrics={},
-                    details={"algorithm": "the wine forest, privately"},
-                    owner_id=owner_id,
-                    public=False,
-                )
-                await session.commit()
-                return version.version
-        finally:
-            await engine.dispose()
-
-    return int(run(register()))
+    return register_onnx(settings, trained.onnx_bytes, name, owner_id=owner_id, public=False)
 
 
 def register_private_dataset(settings: Settings, name: str, owner_id: uuid.UUID) -> None:

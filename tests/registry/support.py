@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,8 +56,11 @@ def register_onnx(
     onnx_bytes: bytes,
     name: str = "wine-quality",
     alias: str | None = "production",
+    owner_id: uuid.UUID | None = None,
+    public: bool = True,
 ) -> int:
-    """Register ``onnx_bytes`` with the wine signature as the next version of ``name``."""
+    """Register ``onnx_bytes`` with the wine signature as the next version of ``name`` (owned by
+    ``owner_id`` and private when ``public`` is False)."""
 
     async def register() -> int:
         engine = create_engine(settings.database_url)
@@ -74,6 +78,8 @@ def register_onnx(
                     metrics={},
                     details={"algorithm": "hand-made linear"},
                     alias=alias,
+                    owner_id=owner_id,
+                    public=public,
                 )
                 await session.commit()
                 return version.version
