@@ -111,7 +111,12 @@ def live_server(settings: Settings) -> Iterator[str]:
     """The app behind a real uvicorn on a free port (in a thread); yields ``host:port``."""
     port = _free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, loop="asyncio", log_level="warning"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        loop="asyncio",
+        log_level="warning",
+        log_config=None,  # keep uvicorn off handlers bound to a stream pytest later closes
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="v2-test-server", daemon=True)
