@@ -31,6 +31,21 @@ WINE_ROW: dict[str, float] = {
 }
 
 
+# Names an attacker might put in a path: SQL metacharacters, LIKE wildcards, traversal, NUL.
+HOSTILE_NAMES = [
+    "x' OR '1'='1",
+    "name' --",
+    "'; DROP TABLE models; --",
+    "wine%",
+    "wine_quality",
+    "*",
+    "../etc",
+    "..",
+    "..\\..\\windows",
+    "wine-quality\x00",
+]
+
+
 def run(coro: Any) -> Any:
     """Run a coroutine from a synchronous test."""
     return asyncio.run(coro)

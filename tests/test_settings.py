@@ -110,6 +110,10 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_ARTIFACT_STORE", "var/artifacts", "file:///"),
         ("MODELPORT_ARTIFACT_STORE", "file:var/artifacts", "absolute"),
         ("MODELPORT_ARTIFACT_STORE", "file://var/artifacts", "absolute"),
+        ("MODELPORT_S3_ENDPOINT_URL", "minio:9000", "http:// or https://"),
+        ("MODELPORT_S3_ENDPOINT_URL", "ftp://minio:9000", "http:// or https://"),
+        ("MODELPORT_S3_ENDPOINT_URL", "http://", "http:// or https://"),
+        ("MODELPORT_S3_CONNECT_TIMEOUT", "0", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_variable_to_fix(

@@ -107,27 +107,6 @@ def test_without_s3_settings_boto3_finds_its_own(monkeypatch: pytest.MonkeyPatch
     assert settings.s3_secret_access_key is None
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "explanation"),
-    [
-        ("MODELPORT_S3_ENDPOINT_URL", "minio:9000", "http:// or https://"),
-        ("MODELPORT_S3_ENDPOINT_URL", "ftp://minio:9000", "http:// or https://"),
-        ("MODELPORT_S3_ENDPOINT_URL", "http://", "http:// or https://"),
-        ("MODELPORT_S3_CONNECT_TIMEOUT", "0", "greater than 0"),
-    ],
-)
-def test_bad_s3_settings_name_the_variable_to_fix(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, explanation: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-
-    with pytest.raises(SettingsError) as caught:
-        load_settings()
-
-    assert variable in str(caught.value)
-    assert explanation in str(caught.value)
-
-
 @pytest.mark.parametrize("given", ["MODELPORT_S3_ACCESS_KEY_ID", "MODELPORT_S3_SECRET_ACCESS_KEY"])
 def test_s3_keys_come_in_pairs(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
     monkeypatch.setenv(given, "half-of-a-key-pair")

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from modelport.builtin.wine import TrainedWine
 from tests.datasets.support import DATASETS, RED, all_rows
+from tests.helpers import HOSTILE_NAMES
 from tests.registry.support import shared_wine_app
 
 COLUMNS = [
@@ -146,16 +147,7 @@ def test_unknown_dataset_is_404_naming_it(client: TestClient, path: str) -> None
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        "x' OR '1'='1",
-        "winequality-red' --",
-        "winequality%",
-        "winequality_red",
-        "../etc",
-        "..",
-        "winequality-red\x00",
-    ],
+    "name", [*HOSTILE_NAMES, "winequality%", "winequality_red", "winequality-red\x00"]
 )
 def test_hostile_names_are_404_and_harm_nothing(client: TestClient, name: str) -> None:
     for suffix in ("", "/rows"):

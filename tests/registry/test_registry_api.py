@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
+from tests.helpers import HOSTILE_NAMES
 from tests.registry.support import shared_wine_app
 
 MODELS = "/api/v1/models"
@@ -114,21 +115,7 @@ def test_version_must_be_a_positive_number(client: TestClient, version: str) -> 
     assert response.json()["detail"][0]["loc"] == ["path", "version"]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "x' OR '1'='1",
-        "wine-quality' --",
-        "'; DROP TABLE models; --",
-        "wine%",
-        "wine_quality",
-        "*",
-        "../etc",
-        "..",
-        "..\\..\\windows",
-        "wine-quality\x00",
-    ],
-)
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
 def test_hostile_names_are_404_and_harm_nothing(client: TestClient, name: str) -> None:
     for suffix in ("", "/versions/1"):
         response = client.get(f"{MODELS}/{quote(name, safe='')}{suffix}")
