@@ -136,7 +136,7 @@ async def _train_and_register(settings: Settings, data: Path, name: str) -> str:
     except WineDataError as exc:
         raise _fail(str(exc)) from None
     trained = await asyncio.to_thread(fit, wine)
-    store = open_artifact_store(settings.artifact_store)
+    store = open_artifact_store(settings.artifact_store, settings)
 
     async def register(session: AsyncSession) -> ModelVersion:
         version = await register_wine(session, store, trained, name)
@@ -202,7 +202,7 @@ async def _convert_and_register_imagenet(settings: Settings) -> str:
             f"converting the ImageNet classifier needs PyTorch at setup ({exc}); "
             "run `make setup`, which installs it from requirements.lock"
         ) from None
-    store = open_artifact_store(settings.artifact_store)
+    store = open_artifact_store(settings.artifact_store, settings)
 
     async def register(session: AsyncSession) -> ModelVersion:
         version = await register_imagenet(session, store, converted)
@@ -218,7 +218,7 @@ async def _convert_and_register_imagenet(settings: Settings) -> str:
 
 
 async def _model_names(settings: Settings) -> list[str]:
-    models = await _in_session(settings, _every_model)
+    models = await _in_session(settings, _every_model_ever)
     return [model.name for model in models]
 
 
@@ -268,6 +268,15 @@ async def _every_model(session: AsyncSession) -> list[Model]:
     from modelport.registry.service import list_models
 
     models, _total = await list_models(session)
+    return models
+
+
+async def _every_model_ever(session: AsyncSession) -> list[Model]:
+    """Deleted ones too: a deleted built-in stays deleted until an admin restores it."""
+    from modelport.registry.service import ModelQuery, list_models
+
+    query = ModelQuery(include_deleted=True, limit=10_000)
+    models, _total = await list_models(session, query=query)
     return models
 
 

@@ -29,5 +29,9 @@ class Principal:
         """Own resources, public ones, or everything for an admin."""
         return public or self.is_admin or (owner_id is not None and owner_id == self.user_id)
 
+    def can_access_by_id(self, owner_id: uuid.UUID | None) -> bool:
+        """Records made anonymously have no owner: their unguessable id is what grants access."""
+        return self.is_admin or owner_id is None or owner_id == self.user_id
+
     def can_change(self, owner_id: uuid.UUID | None) -> bool:
         return self.is_admin or (owner_id is not None and owner_id == self.user_id)

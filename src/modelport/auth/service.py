@@ -113,9 +113,7 @@ async def rotate_refresh_token(
         raise UnauthorizedError(
             "refresh token was already used or revoked; every session from it is now signed out"
         )
-    user = await session.get(User, stored.user_id)
-    if user is None or user.disabled:
-        raise ForbiddenError("this account is disabled; ask an administrator")
+    user = await active_user(session, stored.user_id)
     # Conditional update: of two concurrent refreshes with one token, only one may win.
     claimed = await session.execute(
         update(RefreshToken)

@@ -42,11 +42,6 @@ def _display_name(filename: str | None) -> str:
     return (cleaned or "upload")[:255]
 
 
-def _can_access(viewer: Principal, record: ImagePrediction) -> bool:
-    # Anonymous uploads have no owner: their unguessable id is what grants access to them.
-    return viewer.is_admin or record.owner_id is None or record.owner_id == viewer.user_id
-
-
 @dataclass
 class ImageService:
     session_factory: async_sessionmaker[AsyncSession]
@@ -109,7 +104,7 @@ class ImageService:
                 raise PermanentJobError(exc.message) from exc
             _apply(record, result)
             await session.commit()
-        self._log(f"job:{job.id}", result, record, owner=record.owner_id)
+        self._log(f"job:{job.id}", result, record)
         return {"image_id": str(image_id), "top_prediction": result.top5[0]["label"]}
 
     def _read_image(self, record: ImagePrediction) -> bytes:
@@ -131,10 +126,8 @@ class ImageService:
             record.completed_at = datetime.now(UTC)
             await session.commit()
 
-    async def _image_model(
-        self, name: str, version: int | None = None, alias: str | None = None
-    ) -> VersionRef:
-        ref = await self.resolver.resolve(name, version, alias)
+    async def _image_model(self, name: str) -> VersionRef:
+        ref = await self.resolver.resolve(name, None, None)
         if not ref.signature.takes_image:
             raise UnsupportedMediaTypeError(f"model {name!r} does not take images")
         return ref
@@ -185,7 +178,6 @@ class ImageService:
         request_id: str,
         result: Classification,
         record: ImagePrediction,
-        owner: uuid.UUID | None,
     ) -> None:
         self.log.record(
             LogEntry(
@@ -196,7 +188,7 @@ class ImageService:
                 outputs=result.top5,
                 latency_ms=round(result.latency_ms, 3),
                 status="success",
-                user_id=owner,
+                user_id=record.owner_id,
                 client_address=record.client_address,
             )
         )
@@ -211,7 +203,7 @@ class ImageService:
         self, session: AsyncSession, viewer: Principal, image_id: uuid.UUID
     ) -> ImagePrediction:
         record = await session.get(ImagePrediction, image_id)
-        if record is None or not _can_access(viewer, record):
+        if record is None or not viewer.can_access_by_id(record.owner_id):
             raise NotFoundError(f"image prediction {image_id} not found")
         return record
 

@@ -136,10 +136,6 @@ async def finish(
 
 async def get_visible_job(session: AsyncSession, viewer: Principal, job_id: uuid.UUID) -> Job:
     job = await session.get(Job, job_id)
-    # A job queued by an anonymous caller has no owner: its unguessable id grants access.
-    visible = job is not None and (
-        viewer.is_admin or job.owner_id is None or job.owner_id == viewer.user_id
-    )
-    if job is None or not visible:
+    if job is None or not viewer.can_access_by_id(job.owner_id):
         raise NotFoundError(f"job {job_id} not found")
     return job

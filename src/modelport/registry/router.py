@@ -120,12 +120,15 @@ async def delete_model(
 
 
 @router.post("/{name}/restore", response_model=ModelDetailOut, summary="Restore (admins)")
-async def restore_model(name: ModelName, session: Session, admin: Manager) -> ModelDetailOut:
+async def restore_model(
+    name: ModelName, session: Session, admin: Manager, services: ServicesDep
+) -> ModelDetailOut:
     if not admin.is_admin:
         raise ForbiddenError("only administrators may restore deleted models")
     model = await service.get_visible_model(session, admin, name, include_deleted=True)
     management.restore(model)
     await session.commit()
+    services.resolver.invalidate()
     return ModelDetailOut.of(await service.get_model(session, name))
 
 

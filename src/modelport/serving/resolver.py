@@ -7,11 +7,18 @@ import time
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
-from modelport.errors import NotFoundError
+from modelport.errors import ModelportError, NotFoundError, ServiceUnavailableError
 from modelport.registry import service as registry
 from modelport.registry.service import VersionRef
 
 _Key = tuple[str, int | None, str | None]
+
+
+def _key(name: str, version: int | None, alias: str | None) -> _Key:
+    """One key per answer: no alias means production, and a version makes the alias moot."""
+    if version is not None:
+        return (name, version, None)
+    return (name, None, alias or registry.DEFAULT_ALIAS)
 
 
 class VersionResolver:
@@ -21,7 +28,7 @@ class VersionResolver:
         self._cache: dict[_Key, tuple[float, VersionRef]] = {}
 
     async def resolve(self, name: str, version: int | None, alias: str | None) -> VersionRef:
-        key = (name, version, alias)
+        key = _key(name, version, alias)
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self._ttl:
@@ -45,23 +52,27 @@ class VersionResolver:
         self, caller: Principal, name: str, version: int | None, alias: str | None
     ) -> VersionRef:
         """Resolve for ``caller``: a model they may not see is "not found", whatever was asked
-        of it ("no version 9" would reveal that it exists)."""
+        of it ("no version 9" would reveal that it exists); a registry that cannot be reached
+        is a 503 that shows no SQL or driver text."""
         try:
             ref = await self.resolve(name, version, alias)
         except registry.MissingVersionError as exc:
             if not caller.can_see(exc.owner_id, exc.public):
                 raise NotFoundError(f"model {name!r} not found") from None
             raise
+        except ModelportError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailableError(
+                "the model registry cannot be reached right now; try again shortly"
+            ) from exc
         if not caller.can_see(ref.owner_id, ref.public):
             raise NotFoundError(f"model {name!r} not found")
         return ref
 
     def remember(self, ref: VersionRef, alias: str) -> None:
         """Seed the answer for ``name`` via ``alias`` (start-up preload knows it already)."""
-        now = time.monotonic()
-        self._cache[(ref.model_name, None, alias)] = (now, ref)
-        if alias == registry.DEFAULT_ALIAS:
-            self._cache[(ref.model_name, None, None)] = (now, ref)
+        self._cache[_key(ref.model_name, None, alias)] = (time.monotonic(), ref)
 
     def invalidate(self) -> None:
         self._cache.clear()

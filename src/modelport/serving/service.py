@@ -104,20 +104,22 @@ class PredictionService:
                     "with the file in the field 'file'"
                 )
             rows = await read_rows(ref, call.payload)
-            features = validate_rows(ref.signature, rows)
             model = await self._cache.get(ref)
-            outputs = await anyio.to_thread.run_sync(model.runtime.predict_outputs, features)
-            predictions = postprocess(ref.signature, outputs, len(rows.items), ref.details)
+
+            def work() -> list[dict[str, Any]]:
+                # Validation and post-processing grow with the batch: keep them, like the
+                # inference between them, off the event loop.
+                features = validate_rows(ref.signature, rows)
+                outputs = model.runtime.predict_outputs(features)
+                return postprocess(ref.signature, outputs, len(rows.items), ref.details)
+
+            predictions = await anyio.to_thread.run_sync(work)
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
             self._record(call, None, status, exc.message)
             raise
         except Exception as exc:
             self._record(call, None, "error", repr(exc))
-            if call.ref is None:  # the registry lookup failed: no SQL or driver text to the caller
-                raise ModelUnavailableError(
-                    "the model registry cannot be reached right now; try again shortly"
-                ) from exc
             raise ModelUnavailableError(f"the model failed to run on this input: {exc}") from exc
         elapsed_ms = self._record(call, predictions, "success", None)
         return PredictionResult(

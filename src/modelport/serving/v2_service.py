@@ -169,15 +169,7 @@ class ModelDirectory:
         self._models = models
 
     async def visible(self, caller: Principal, name: str, version: int | None) -> VersionRef:
-        try:
-            ref = await self._resolver.resolve_for(caller, name, version, None)
-        except ModelportError:
-            raise
-        except Exception as exc:  # no SQL or driver text to the caller
-            raise ServiceUnavailableError(
-                "the model registry cannot be reached right now; try again shortly"
-            ) from exc
-        return ref
+        return await self._resolver.resolve_for(caller, name, version, None)
 
     def is_loaded(self, ref: VersionRef) -> bool:
         return any(m.ref.version_id == ref.version_id for m in self._models.loaded())

@@ -50,6 +50,7 @@ class TrainingService:
     ) -> tuple[Job, Dataset]:
         """Check the request, keep its data as a dataset, and queue the job with it (one
         transaction: an accepted job always has its data)."""
+        management.check_name(model_name, "model name", management.NAME_PATTERN)
         task = algorithms.task_for(request.algorithm, request.task)
         try:
             params = algorithms.check_params(request.algorithm, dict(request.params))
@@ -72,7 +73,6 @@ class TrainingService:
                     "params": params,
                     "test_size": request.test_size,
                     "random_state": request.random_state,
-                    "owner_id": str(caller.user_id) if caller.user_id else None,
                 },
                 owner_id=caller.user_id,
                 max_attempts=1,  # training is deterministic: a failure would fail again
@@ -144,8 +144,7 @@ class TrainingService:
         except (ValueError, ModelportError) as exc:
             message = exc.message if isinstance(exc, ModelportError) else str(exc)
             raise PermanentJobError(f"training failed: {message}") from exc
-        owner = uuid.UUID(spec["owner_id"]) if spec["owner_id"] else None
-        uploader = Principal("job", user_id=owner, role="user")
+        uploader = Principal("job", user_id=job.owner_id, role="user")
         async with self.session_factory() as session:
             model = await registry.get_model(session, spec["model"])
             version = await management.add_version(
