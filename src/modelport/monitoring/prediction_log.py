@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -141,6 +142,7 @@ class PredictionLogWriter:
         self._session_factory = session_factory
         self._spool = Spool(spool_path)
         self._buffer: deque[LogEntry] = deque()
+        self._overflow: list[LogEntry] = []  # past the buffer, on their way to the spool
         self._buffer_size = buffer_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -158,8 +160,10 @@ class PredictionLogWriter:
     def record(self, entry: LogEntry) -> None:
         """Accept one row without waiting; called on the request path."""
         if len(self._buffer) >= self._buffer_size:
-            self._spool.append([entry])
+            # No file I/O on the request path: the background task moves these to the spool.
+            self._overflow.append(entry)
             self.spooled += 1
+            self._wake.set()
             return
         self._buffer.append(entry)
         if len(self._buffer) >= self._batch_size:
@@ -186,8 +190,9 @@ class PredictionLogWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        remaining = list(self._buffer)
+        remaining = [*self._buffer, *self._overflow]
         self._buffer.clear()
+        self._overflow = []
         self._spool.append(remaining)
 
     async def flush(self) -> None:
@@ -197,6 +202,7 @@ class PredictionLogWriter:
         rows in flight, and two replays of one spool file would collide.
         """
         async with self._flushing:
+            await self._spill_overflow()
             await self._replay_spool()
             while self._buffer:
                 await self._write_batch()
@@ -209,6 +215,7 @@ class PredictionLogWriter:
                     await self._wake.wait()
             self._wake.clear()
             try:
+                await self._spill_overflow()  # even while the database is away
                 await self.flush()
                 delay = self._flush_interval
                 self.last_error = None
@@ -222,6 +229,11 @@ class PredictionLogWriter:
                     )
                 self.last_error = str(exc)
                 delay = min(max(delay * 2, self._flush_interval), 5.0)
+
+    async def _spill_overflow(self) -> None:
+        if self._overflow:
+            rows, self._overflow = self._overflow, []
+            await anyio.to_thread.run_sync(self._spool.append, rows)
 
     async def _write_batch(self) -> None:
         batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
