@@ -42,9 +42,9 @@ from modelport.builtin.wine import (
 from modelport.builtin.wine_data import locate_wine_csv
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.db.migrate import upgrade
-from modelport.registry.artifacts import open_artifact_store
 from modelport.runtimes.onnx import OnnxRuntime
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 
 MODELPORT = Path(sys.executable).with_name("modelport")
 READY_TIMEOUT_SECONDS = 120.0
@@ -106,7 +106,7 @@ def prepare(var: Path, data: Path | None) -> tuple[Settings, TrainedWine]:
         engine = create_engine(settings.database_url)
         try:
             async with create_session_factory(engine)() as session:
-                await register_wine(session, open_artifact_store(settings.artifact_store), trained)
+                await register_wine(session, open_artifact_store(settings), trained)
                 await session.commit()
         finally:
             await engine.dispose()

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from modelport.auth import service as auth_service
 from modelport.builtin.wine import TrainedWine, register_wine
 from modelport.db.engine import create_engine, create_session_factory
-from modelport.registry.artifacts import open_artifact_store
 from modelport.services import Services
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 
 WINE_ROW: dict[str, float] = {
     "fixed_acidity": 7.4,
@@ -58,9 +58,7 @@ def register_trained(settings: Settings, trained: TrainedWine, name: str = "wine
         engine = create_engine(settings.database_url)
         try:
             async with create_session_factory(engine)() as session:
-                version = await register_wine(
-                    session, open_artifact_store(settings.artifact_store), trained, name
-                )
+                version = await register_wine(session, open_artifact_store(settings), trained, name)
                 await session.commit()
                 return version.version
         finally:

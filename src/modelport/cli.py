@@ -128,15 +128,15 @@ def train_wine(
 async def _train_and_register(settings: Settings, data: Path, name: str) -> str:
     from modelport.builtin.wine import WineDataError, read_wine_csv, register_wine
     from modelport.builtin.wine import train_wine as fit
-    from modelport.registry.artifacts import open_artifact_store
     from modelport.registry.tables import ModelVersion
+    from modelport.storage.factory import open_artifact_store
 
     try:
         wine = read_wine_csv(data)
     except WineDataError as exc:
         raise _fail(str(exc)) from None
     trained = await asyncio.to_thread(fit, wine)
-    store = open_artifact_store(settings.artifact_store, settings)
+    store = open_artifact_store(settings)
 
     async def register(session: AsyncSession) -> ModelVersion:
         version = await register_wine(session, store, trained, name)
@@ -192,8 +192,8 @@ async def _convert_and_register_imagenet(settings: Settings) -> str:
         convert_efficientnet,
         register_imagenet,
     )
-    from modelport.registry.artifacts import open_artifact_store
     from modelport.registry.tables import ModelVersion
+    from modelport.storage.factory import open_artifact_store
 
     try:
         converted = await asyncio.to_thread(convert_efficientnet)
@@ -202,7 +202,7 @@ async def _convert_and_register_imagenet(settings: Settings) -> str:
             f"converting the ImageNet classifier needs PyTorch at setup ({exc}); "
             "run `make setup`, which installs it from requirements.lock"
         ) from None
-    store = open_artifact_store(settings.artifact_store, settings)
+    store = open_artifact_store(settings)
 
     async def register(session: AsyncSession) -> ModelVersion:
         version = await register_imagenet(session, store, converted)

@@ -20,11 +20,12 @@ from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
-from modelport.registry.artifacts import ArtifactStore, open_artifact_store
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
+from modelport.storage.protocol import ArtifactStore
 from modelport.training.service import TRAIN_JOB, TrainingService
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         engine = create_engine(settings.database_url)
         session_factory = create_session_factory(engine)
-        store = open_artifact_store(settings.artifact_store, settings)
+        store = open_artifact_store(settings)
         models = ModelCache(
             store,
             settings.inference_threads,

@@ -29,9 +29,10 @@ from modelport.builtin.wine import (
 from modelport.datasets.tables import Dataset, DatasetRow
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store, sha256_hex
 from modelport.registry.schemas import ModelDetailOut
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
+from modelport.storage.protocol import sha256_hex
 from tests.helpers import run
 
 SNAKE_CASE_FEATURES = [
@@ -239,7 +240,7 @@ def test_every_wine_in_the_file_passes_the_signature(trained_wine: TrainedWine) 
 
 async def _register(settings: Settings, *trained: TrainedWine) -> list[int]:
     engine = create_engine(settings.database_url)
-    store = open_artifact_store(settings.artifact_store)
+    store = open_artifact_store(settings)
     try:
         numbers = []
         for wine in trained:

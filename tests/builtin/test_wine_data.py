@@ -16,8 +16,8 @@ import pytest
 
 from modelport.builtin.wine import WINE_FILE_NAME, WINE_SHA256
 from modelport.builtin.wine_data import WineDataUnavailableError, locate_wine_csv
-from modelport.registry.artifacts import sha256_hex
 from modelport.settings import Settings
+from modelport.storage.protocol import sha256_hex
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -21,8 +21,8 @@ from skimage import data as skimage_data
 from modelport.app import create_app
 from modelport.builtin.imagenet import ConvertedClassifier, convert_efficientnet, register_imagenet
 from modelport.db.engine import create_engine, create_session_factory
-from modelport.registry.artifacts import open_artifact_store
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import run, wait_until_ready
 
 PREDICTIONS = "/api/v1/images/predictions"
@@ -47,9 +47,7 @@ def register_classifier(settings: Settings, converted: ConvertedClassifier) -> i
         engine = create_engine(settings.database_url)
         try:
             async with create_session_factory(engine)() as session:
-                version = await register_imagenet(
-                    session, open_artifact_store(settings.artifact_store), converted
-                )
+                version = await register_imagenet(session, open_artifact_store(settings), converted)
                 await session.commit()
                 return version.version
         finally:

@@ -19,8 +19,8 @@ from modelport.builtin.wine import FEATURE_NAMES, WINE_SIGNATURE, TrainedWine
 from modelport.db.base import Base
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import register_trained, run, settings_for, wait_until_ready
 
 
@@ -68,7 +68,7 @@ def register_onnx(
             async with create_session_factory(engine)() as session:
                 version = await registry.register_version(
                     session,
-                    open_artifact_store(settings.artifact_store),
+                    open_artifact_store(settings),
                     model_name=name,
                     task="regression",
                     artifact=onnx_bytes,

@@ -20,11 +20,11 @@ from modelport.builtin.wine import WINE_SIGNATURE
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.errors import ModelUnavailableError
 from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store
 from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.serving.service import postprocess
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import WINE_ROW, run, wait_until_ready
 
 IRIS_FIELDS = ["sepal_length_cm", "sepal_width_cm", "petal_length_cm", "petal_width_cm"]
@@ -88,7 +88,7 @@ def _register(settings: Settings, name: str, prepared: PreparedModel) -> None:
             async with create_session_factory(engine)() as session:
                 await registry.register_version(
                     session,
-                    open_artifact_store(settings.artifact_store),
+                    open_artifact_store(settings),
                     model_name=name,
                     task=prepared.signature.task,
                     artifact=prepared.artifact,

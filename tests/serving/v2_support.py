@@ -21,10 +21,10 @@ from modelport.app import create_app
 from modelport.builtin.wine import FEATURE_NAMES, WINE_SIGNATURE
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store
 from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.runtimes.signature import Signature
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import run
 
 SERVER_DEADLINE_SECONDS = 60.0  # a hang guard, not a performance requirement
@@ -67,7 +67,7 @@ def register_model(
             async with create_session_factory(engine)() as session:
                 await registry.register_version(
                     session,
-                    open_artifact_store(settings.artifact_store),
+                    open_artifact_store(settings),
                     model_name=name,
                     task=signature.task,
                     artifact=onnx_bytes,

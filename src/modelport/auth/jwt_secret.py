@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import tempfile
 from pathlib import Path
+
+from modelport.storage.files import write_atomically
 
 
 def load_or_create_secret(configured: str | None, var_dir: Path) -> str:
@@ -15,12 +14,7 @@ def load_or_create_secret(configured: str | None, var_dir: Path) -> str:
         return configured
     path = var_dir / "jwt-secret"
     if not path.exists():
-        var_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=var_dir, prefix=".jwt-secret-")  # created with mode 0600
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-        # link() fails if another worker got there first, so everyone ends up with one secret.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        os.unlink(tmp)
+        # Mode 0600, and never replaced: if another worker got there first, everyone ends up
+        # with that one secret.
+        write_atomically(path, secrets.token_urlsafe(48).encode(), replace=False)
     return path.read_text().strip()

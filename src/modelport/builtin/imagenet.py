@@ -17,9 +17,9 @@ import onnxruntime as ort
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.registry import service as registry
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import ModelVersion
 from modelport.runtimes.signature import FieldSpec, Signature
+from modelport.storage.protocol import ArtifactStore
 
 IMAGENET_MODEL_NAME = "imagenet-classifier"
 TOLERANCE = 1e-4

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.datasets import service as datasets
 from modelport.registry import service as registry
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import ModelVersion
 from modelport.runtimes.signature import FieldSpec, Signature
+from modelport.storage.protocol import ArtifactStore
 
 WINE_MODEL_NAME = "wine-quality"
 WINE_FILE_NAME = "winequality-red.csv"

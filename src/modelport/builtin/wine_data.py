@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelport.builtin.wine import WINE_FILE_NAME, WINE_SHA256
 from modelport.settings import Settings
+from modelport.storage.files import write_atomically
 
 SHARED_DATASETS_DIR = Path("../shared/datasets")
 
@@ -49,6 +50,6 @@ def download_wine_csv(url: str, destination: Path, timeout: float) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != WINE_SHA256:
         raise ValueError(f"downloaded file has sha256 {digest}, expected {WINE_SHA256}")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    destination.write_bytes(data)
+    # Whole or not at all: a half-written file here would be picked up as the data next time.
+    write_atomically(destination, data)
     return destination

@@ -24,10 +24,10 @@ from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.service import VersionRef
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
+from modelport.storage.protocol import ArtifactStore
 
 CLASSIFY_JOB = "classify-image"
 DEFAULT_IMAGE_MODEL = "imagenet-classifier"

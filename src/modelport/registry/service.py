@@ -13,9 +13,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from modelport.auth.principal import Principal
 from modelport.errors import NotFoundError
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
 from modelport.runtimes.signature import Signature
+from modelport.storage.protocol import ArtifactStore
 
 DEFAULT_ALIAS = "production"
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import anyio
 from prometheus_client import Counter
 
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.service import VersionRef
 from modelport.runtimes.loader import Runtime, load_runtime
+from modelport.storage.protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
 CACHE_EVENTS = Counter(

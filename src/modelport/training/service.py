@@ -22,11 +22,11 @@ from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
 from modelport.registry import management
 from modelport.registry import service as registry
-from modelport.registry.artifacts import ArtifactStore
 from modelport.registry.tables import Model
 from modelport.runtimes.build_only import import_skops_io
 from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
+from modelport.storage.protocol import ArtifactStore
 from modelport.training import algorithms
 from modelport.training.schemas import TrainIn
 

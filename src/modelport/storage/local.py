@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
-from modelport.settings import Settings, load_settings
-
-
-@dataclass(frozen=True)
-class StoredArtifact:
-    uri: str
-    sha256: str
-    size_bytes: int
-
-
-class ArtifactStore(Protocol):
-    def put(self, data: bytes, suffix: str = "") -> StoredArtifact: ...
-
-    def open_verified(self, uri: str, sha256: str) -> bytes: ...
-
-    def delete(self, uri: str) -> None: ...
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from modelport.storage.files import write_atomically
+from modelport.storage.protocol import StoredArtifact, sha256_hex
 
 
 class LocalArtifactStore:
@@ -43,14 +20,8 @@ class LocalArtifactStore:
         digest = sha256_hex(data)
         path = self.root / "sha256" / digest[:2] / f"{digest}{suffix}"
         if not (path.exists() and sha256_hex(path.read_bytes()) == digest):
-            path.parent.mkdir(parents=True, exist_ok=True)
             # Write to a temporary file and rename so a crash never leaves half an artifact.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_atomically(path, data)
         return StoredArtifact(uri=path.as_uri(), sha256=digest, size_bytes=len(data))
 
     def open_verified(self, uri: str, sha256: str) -> bytes:
@@ -79,22 +50,3 @@ class LocalArtifactStore:
         if parts.scheme != "file" or not path.is_relative_to(self.root):
             raise ModelUnavailableError(f"artifact {uri} is not inside this store ({self.root})")
         return path
-
-
-def open_artifact_store(store_uri: str, settings: Settings | None = None) -> ArtifactStore:
-    """The store behind ``store_uri`` (``file:///path`` or ``s3://bucket/prefix``).
-
-    An S3 store takes its endpoint, region, credentials and cache folder from ``settings``;
-    without them, from the environment (``MODELPORT_*`` variables and ``.env``), as the app would.
-    """
-    parts = urlsplit(store_uri)
-    if parts.scheme == "file":
-        return LocalArtifactStore(Path(unquote(parts.path)))
-    if parts.scheme == "s3":
-        # Imported here so file:// deployments never load boto3 (and to avoid an import cycle).
-        from modelport.registry.s3_store import S3ArtifactStore
-
-        return S3ArtifactStore.from_settings(store_uri, settings or load_settings())
-    raise ValueError(
-        f"unsupported artifact store {store_uri!r}; use file:///absolute/path or s3://bucket/prefix"
-    )

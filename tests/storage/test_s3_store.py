@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError, ServiceUnavailableError
-from modelport.registry.artifacts import open_artifact_store
-from modelport.registry.s3_store import S3ArtifactStore, S3Options
-from modelport.settings import Settings
+from modelport.settings import Settings, load_settings
+from modelport.storage.factory import open_artifact_store
+from modelport.storage.s3 import S3ArtifactStore, S3Options
 from tests.helpers import WINE_ROW, register_trained, wait_until_ready
-from tests.registry.s3_server import (
+from tests.storage.s3_server import (
     ACCESS_KEY_ID,
     REGION,
     SECRET_ACCESS_KEY,
@@ -341,7 +341,7 @@ def test_open_artifact_store_builds_an_s3_store_from_settings(
         **s3_settings(moto_s3, tmp_path),
     )
 
-    store = open_artifact_store(settings.artifact_store, settings)
+    store = open_artifact_store(settings)
 
     assert isinstance(store, S3ArtifactStore)
     assert (store.bucket, store.prefix) == (bucket, "team/models")
@@ -351,13 +351,16 @@ def test_open_artifact_store_builds_an_s3_store_from_settings(
     assert store.open_verified(stored.uri, stored.sha256) == MODEL
 
 
-def test_without_settings_an_s3_store_reads_the_environment(
+def test_settings_from_the_environment_open_their_s3_store(
     moto_s3: MotoS3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What the `modelport` command does: settings from MODELPORT_* variables, then the store."""
     for name, value in s3_settings(moto_s3, tmp_path).items():
         monkeypatch.setenv(f"MODELPORT_{name.upper()}", str(value))
+    monkeypatch.setenv("MODELPORT_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("MODELPORT_ARTIFACT_STORE", f"s3://{bucket}/models")
 
-    store = open_artifact_store(f"s3://{bucket}/models")
+    store = open_artifact_store(load_settings())
 
     assert isinstance(store, S3ArtifactStore)
     assert store.cache_dir == (tmp_path / "artifact-cache").resolve()
@@ -375,28 +378,25 @@ def make_reader(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> S3ArtifactStore
 
 @pytest.fixture
 def s3_app_settings(
-    make_settings: Callable[..., Settings],
-    moto_s3: MotoS3,
-    bucket: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    make_settings: Callable[..., Settings], moto_s3: MotoS3, bucket: str, tmp_path: Path
 ) -> Settings:
-    """An app whose MODELPORT_ARTIFACT_STORE is s3://... (on SQLite and on PostgreSQL).
-
-    tests.helpers.register_trained opens the store from the URI alone, so the S3 settings are
-    in the environment too, as they would be for the `modelport` command; its cache is a folder
-    of its own, so the app has to fetch the model from S3."""
-    for name, value in s3_settings(moto_s3, tmp_path, artifact_cache_dir=tmp_path / "cli").items():
-        monkeypatch.setenv(f"MODELPORT_{name.upper()}", str(value))
+    """An app whose MODELPORT_ARTIFACT_STORE is s3://... (on SQLite and on PostgreSQL)."""
     return make_settings(
         artifact_store=f"s3://{bucket}/modelport", **s3_settings(moto_s3, tmp_path)
     )
 
 
+def register_from_another_host(settings: Settings, trained: TrainedWine) -> None:
+    """Register as the `modelport` command on another host would: its cache is a folder of its
+    own, so the app has to fetch the model from S3."""
+    cli_cache = settings.var_dir / "cli-artifact-cache"
+    register_trained(settings.model_copy(update={"artifact_cache_dir": cli_cache}), trained)
+
+
 def test_the_app_serves_a_model_stored_in_s3(
     s3_app_settings: Settings, trained_wine: TrainedWine, raw: Any, bucket: str
 ) -> None:
-    register_trained(s3_app_settings, trained_wine)
+    register_from_another_host(s3_app_settings, trained_wine)
     digest = hashlib.sha256(trained_wine.onnx_bytes).hexdigest()
     assert any(
         key.startswith(f"modelport/sha256/{digest[:2]}/{digest}") for key in keys_in(raw, bucket)
@@ -423,7 +423,7 @@ def test_the_app_serves_a_model_stored_in_s3(
 def test_the_app_refuses_a_model_whose_s3_object_was_tampered(
     s3_app_settings: Settings, trained_wine: TrainedWine, raw: Any, bucket: str
 ) -> None:
-    register_trained(s3_app_settings, trained_wine)
+    register_from_another_host(s3_app_settings, trained_wine)
     (key,) = keys_in(raw, bucket)
     original = raw.get_object(Bucket=bucket, Key=key)["Body"].read()
     raw.put_object(Bucket=bucket, Key=key, Body=original[:-1] + bytes([original[-1] ^ 1]))

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
-from modelport.registry.artifacts import LocalArtifactStore, open_artifact_store
+from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
+from modelport.storage.local import LocalArtifactStore
 
 MODEL = b"\x08\x07model bytes" * 100
 OTHER = b"another model"
@@ -123,11 +125,14 @@ def test_open_verified_refuses_a_symlink_leading_out_of_the_root(
 
 
 def test_open_artifact_store_takes_file_uris_only(tmp_path: Path) -> None:
-    store = open_artifact_store((tmp_path / "my store").as_uri())
+    settings = Settings(var_dir=tmp_path / "var", artifact_store=(tmp_path / "my store").as_uri())
+    store = open_artifact_store(settings)
 
     assert isinstance(store, LocalArtifactStore)
     assert store.root == (tmp_path / "my store").resolve()
     stored = store.put(MODEL)
     assert store.open_verified(stored.uri, stored.sha256) == MODEL
+    # Settings refuse such a URI; a copy made without validation meets the store's own check.
+    unchecked = settings.model_copy(update={"artifact_store": "ftp://example.com/models"})
     with pytest.raises(ValueError, match="unsupported artifact store"):
-        open_artifact_store("ftp://example.com/models")
+        open_artifact_store(unchecked)

@@ -12,9 +12,7 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError, ServiceUnavailableError
-from modelport.registry.artifacts import StoredArtifact, sha256_hex
 from modelport.settings import Settings, split_s3_store_url
+from modelport.storage.files import write_atomically
+from modelport.storage.protocol import StoredArtifact, sha256_hex
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -266,18 +265,10 @@ class S3ArtifactStore:
         """Keep a copy for later loads. A cache that cannot be written costs speed and
         resilience, not correctness, so failures are logged and the load goes on."""
         path = self._cache_path(digest)
-        tmp: str | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)  # atomic: readers see the old file, the new one, or none
+            write_atomically(path, data)  # readers see the old file, the new one, or none
         except OSError as exc:
             logger.warning("could not cache artifact", extra={"path": str(path), "error": str(exc)})
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
 
 def _error_code(exc: ClientError) -> str:
