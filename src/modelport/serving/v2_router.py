@@ -24,6 +24,7 @@ from modelport.dependencies import get_services
 from modelport.errors import InvalidInputError, ModelportError, UnsupportedMediaTypeError
 from modelport.services import Services
 from modelport.serving.service import Target
+from modelport.serving.v2_codec import BINARY_HEADER
 from modelport.serving.v2_schemas import (
     InferenceResponse,
     ModelMetadata,
@@ -33,13 +34,7 @@ from modelport.serving.v2_schemas import (
     ServerMetadata,
     ServerReady,
 )
-from modelport.serving.v2_service import (
-    BINARY_HEADER,
-    EXTENSIONS,
-    InferCall,
-    ModelDirectory,
-    parse_version,
-)
+from modelport.serving.v2_service import EXTENSIONS, InferCall, ModelDirectory, parse_version
 
 logger = logging.getLogger(__name__)
 

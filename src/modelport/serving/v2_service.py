@@ -3,7 +3,8 @@
 A V2 request names tensors; modelport's models take rows of named, bounded features. This
 module translates between the two and nothing else: the rows go through
 ``PredictionService.predict_with``, so the signature's rules, the visibility check, the
-prediction log and the metrics are the same as for the REST endpoints.
+prediction log and the metrics are the same as for the REST endpoints. The tensors' wire
+format (JSON or binary data, datatypes) is ``serving.v2_codec``'s.
 
 A tabular model takes either its 2-D input tensor (named after the ONNX input, ``[rows,
 features]``, advertised in the metadata) or one 1-D tensor per signature field (``[rows]``).
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import orjson
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,7 +25,6 @@ from modelport.errors import (
     InvalidInputError,
     ModelportError,
     NotFoundError,
-    PayloadTooLargeError,
     ServiceUnavailableError,
 )
 from modelport.registry import service as registry
@@ -34,8 +33,16 @@ from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.serving.model_cache import LoadedModel, ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionResult
+from modelport.serving.v2_codec import (
+    decode_body,
+    encode_output,
+    encode_response,
+    input_datatype,
+    output_datatype,
+    row_count,
+    tensor_values,
+)
 from modelport.serving.v2_schemas import (
-    DATATYPES,
     InferenceRequest,
     InferenceResponse,
     ModelMetadata,
@@ -44,43 +51,11 @@ from modelport.serving.v2_schemas import (
     ResponseOutput,
     TensorMetadata,
 )
-from modelport.serving.validation import Rows, parse_json_body
+from modelport.serving.validation import Rows
 
 EXTENSIONS = ["binary_tensor_data"]
-BINARY_HEADER = "inference-header-content-length"
 PLATFORMS = {"onnx": "onnxruntime_onnx"}
 _VERSION = re.compile(r"^[0-9]{1,7}$")
-
-_FLOAT_TYPES = {"FP16", "FP32", "FP64"}
-_INTEGER_RANGES = {
-    f"{kind}{bits}": (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    if kind == "INT"
-    else (0, 2**bits - 1)
-    for kind in ("INT", "UINT")
-    for bits in (8, 16, 32, 64)
-}
-_BINARY_DTYPES = {
-    "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-_ONNX_DATATYPES = {
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float64): "FP64",
-    np.dtype(np.int32): "INT32",
-    np.dtype(np.int64): "INT64",
-}
-_OUTPUT_DATATYPES = {"float": "FP64", "int": "INT64", "str": "BYTES"}
-_OUTPUT_DTYPES = {"FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
 
 
 def parse_version(name: str, version: str) -> int:
@@ -111,13 +86,9 @@ def matrix_input(model: LoadedModel) -> MatrixInput:
     dtype = getattr(runtime, "input_dtype", None) or np.float32
     return MatrixInput(
         name=str(name),
-        datatype=_ONNX_DATATYPES.get(np.dtype(dtype), "FP32"),
+        datatype=input_datatype(dtype),
         columns=len(model.ref.signature.inputs),
     )
-
-
-def output_datatype(spec: FieldSpec) -> str:
-    return _OUTPUT_DATATYPES.get(spec.type, "BYTES")
 
 
 def output_shape(ref: VersionRef, spec: FieldSpec) -> list[int]:
@@ -201,14 +172,8 @@ class InferCall:
         self._outputs: list[tuple[FieldSpec, bool]] = []
 
     def parse(self, body: bytes) -> Any:
-        """JSON, or with the binary extension a JSON header followed by the tensors' bytes;
-        binary tensors are decoded into the payload so the prediction log shows them."""
-        if self._header_length is None:
-            return parse_json_body(body)
-        length = _header_length(self._header_length, len(body))
-        payload = parse_json_body(body[:length])
-        _inline_binary(payload, memoryview(body)[length:])
-        return payload
+        """The payload, binary tensors decoded into it so the prediction log shows them."""
+        return decode_body(body, self._header_length)
 
     async def read_rows(self, ref: VersionRef, payload: Any) -> Rows:
         request = _request_of(payload)
@@ -243,44 +208,18 @@ class InferCall:
         outputs: list[ResponseOutput] = []
         blobs: list[bytes] = []
         for spec, binary in self._outputs:
-            datatype = output_datatype(spec)
             values = [row[spec.name] for row in rows]
-            output = ResponseOutput(name=spec.name, shape=[len(values)], datatype=datatype)
-            if values and isinstance(values[0], dict):  # class -> probability, per row
-                classes = list(values[0])
-                values = [row[name] for row in values for name in classes]
-                output.shape = [len(rows), len(classes)]
-                output.parameters = {"classes": classes}
-            if binary:
-                blob = _encode_binary(values, datatype)
-                output.parameters = {**(output.parameters or {}), "binary_data_size": len(blob)}
-                blobs.append(blob)
-            else:
-                output.data = values
+            output, blob = encode_output(spec.name, output_datatype(spec), values, binary)
             outputs.append(output)
+            if blob is not None:
+                blobs.append(blob)
         response = InferenceResponse(
             model_name=result.model_name,
             model_version=result.model_version,
             id=self._request.id if self._request.id is not None else result.request_id,
             outputs=outputs,
         )
-        header = orjson.dumps(response.model_dump(exclude_none=True))
-        if not blobs:
-            return header, {"content-type": "application/json"}
-        return header + b"".join(blobs), {
-            "content-type": "application/octet-stream",
-            "inference-header-content-length": str(len(header)),
-        }
-
-    def _row_count(self, tensor: RequestInput) -> int:
-        rows = tensor.shape[0]
-        if rows == 0:
-            raise InvalidInputError(f"input {tensor.name!r} holds no rows (shape {tensor.shape})")
-        if rows > self._max_rows:
-            raise PayloadTooLargeError(
-                f"{rows} rows sent; at most {self._max_rows} rows are accepted per request"
-            )
-        return rows
+        return encode_response(response, blobs)
 
     def _matrix_rows(
         self, signature: Signature, matrix: MatrixInput, tensor: RequestInput
@@ -290,8 +229,8 @@ class InferCall:
                 f"input {tensor.name!r} has shape {tensor.shape}; this model takes "
                 f"[rows, {matrix.columns}] (one column per feature: {signature.input_names})"
             )
-        rows = self._row_count(tensor)
-        values = _values(tensor, rows * matrix.columns)
+        rows = row_count(tensor, self._max_rows)
+        values = tensor_values(tensor, rows * matrix.columns)
         width = matrix.columns
         return [
             _row(signature, values[start : start + width])
@@ -319,14 +258,14 @@ class InferCall:
                 raise InvalidInputError(
                     f"input {name!r} has shape {tensor.shape}; a per-feature input is [rows]"
                 )
-            count = self._row_count(tensor)
+            count = row_count(tensor, self._max_rows)
             if rows is not None and count != rows:
                 raise InvalidInputError(
                     f"input {name!r} has {count} rows but {names[0]!r} has {rows}; "
                     "every feature needs one value per row"
                 )
             rows = count
-            columns.append(_values(tensor, count))
+            columns.append(tensor_values(tensor, count))
         return [_row(signature, list(values)) for values in zip(*columns, strict=True)]
 
 
@@ -374,125 +313,3 @@ def _unique(outputs: list[RequestOutput]) -> list[RequestOutput]:
     for output in outputs:
         seen.setdefault(output.name, output)
     return list(seen.values())
-
-
-def _values(tensor: RequestInput, count: int) -> list[Any]:
-    """The tensor's elements, flattened, counted and checked against its datatype."""
-    datatype = tensor.datatype
-    if datatype not in DATATYPES:
-        raise InvalidInputError(
-            f"input {tensor.name!r} has the unknown datatype {datatype!r}; "
-            f"the protocol's datatypes are {list(DATATYPES)}"
-        )
-    if datatype not in _FLOAT_TYPES and datatype not in _INTEGER_RANGES:
-        raise InvalidInputError(
-            f"input {tensor.name!r} has datatype {datatype}; this model takes numbers "
-            "(FP32, FP64, FP16 or an integer type)"
-        )
-    if tensor.data is None:
-        raise InvalidInputError(f"input {tensor.name!r} has no data")
-    values = _flatten(tensor.name, tensor.data)
-    if len(values) != count:
-        raise InvalidInputError(
-            f"input {tensor.name!r}: shape {tensor.shape} holds {count} values "
-            f"but data has {len(values)}"
-        )
-    bounds = _INTEGER_RANGES.get(datatype)
-    for index, value in enumerate(values):
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if bounds is None:
-            fits = is_number
-        else:
-            fits = is_number and isinstance(value, int) and bounds[0] <= value <= bounds[1]
-        if not fits:
-            raise InvalidInputError(
-                f"input {tensor.name!r}: element {index} ({_shown(value)}) is not a "
-                f"{datatype} value"
-            )
-    return values
-
-
-def _flatten(name: str, data: Any) -> list[Any]:
-    """Flat or nested JSON arrays, in row-major order."""
-    if not isinstance(data, list):
-        raise InvalidInputError(f"input {name!r}: data must be a JSON array (flat or nested)")
-    flat: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-        else:
-            stack.pop()
-    return flat
-
-
-def _shown(value: Any) -> str:
-    text = orjson.dumps(value).decode() if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _header_length(declared: str, body_length: int) -> int:
-    if not declared.isascii() or not declared.isdigit() or int(declared) > body_length:
-        raise InvalidInputError(
-            f"the Inference-Header-Content-Length header ({declared[:20]!r}) must be the "
-            f"byte length of the JSON part of the body ({body_length} bytes in all)"
-        )
-    return int(declared)
-
-
-def _inline_binary(payload: Any, blob: memoryview) -> None:
-    """Replace each input's ``binary_data_size`` bytes (in input order) by its values."""
-    inputs = payload.get("inputs") if isinstance(payload, dict) else None
-    offset = 0
-    for tensor in inputs if isinstance(inputs, list) else []:
-        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
-        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
-        if size is None:
-            continue
-        name = tensor.get("name")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInputError(f"input {name!r}: binary_data_size must be a byte count")
-        if tensor.get("data") is not None:
-            raise InvalidInputError(f"input {name!r} has both data and binary_data_size")
-        if offset + size > len(blob):
-            raise InvalidInputError(
-                f"input {name!r}: binary_data_size {size} runs past the end of the body"
-            )
-        tensor["data"] = _decode_binary(name, tensor.get("datatype"), blob[offset : offset + size])
-        offset += size
-    if offset != len(blob):
-        raise InvalidInputError(
-            f"the body holds {len(blob) - offset} bytes of binary data that no input claims"
-        )
-
-
-def _decode_binary(name: Any, datatype: Any, chunk: memoryview) -> list[Any]:
-    dtype = _BINARY_DTYPES.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
-        raise InvalidInputError(
-            f"input {name!r}: binary data of datatype {datatype!r} is not supported here; "
-            f"send one of {sorted(_BINARY_DTYPES)}"
-        )
-    if len(chunk) % dtype.itemsize:
-        raise InvalidInputError(
-            f"input {name!r}: {len(chunk)} bytes is not a whole number of {datatype} values"
-        )
-    array = np.frombuffer(chunk, dtype=dtype)
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        index = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise InvalidInputError(
-            f"input {name!r}: element {index} is NaN or infinite; send finite numbers"
-        )
-    values: list[Any] = array.tolist()
-    return values
-
-
-def _encode_binary(values: list[Any], datatype: str) -> bytes:
-    dtype = _OUTPUT_DTYPES.get(datatype)
-    if dtype is not None:
-        return np.asarray(values, dtype=dtype).tobytes()
-    encoded = [str(value).encode() for value in values]  # BYTES: 4-byte length, then the bytes
-    return b"".join(len(item).to_bytes(4, "little") + item for item in encoded)
