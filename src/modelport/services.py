@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -90,7 +91,8 @@ class Services:
         images = ImageService(
             session_factory, store, resolver, models, log, runner, settings.max_image_pixels
         )
-        runner.register(CLASSIFY_JOB, images.handle_job)
+        # Each job kind is registered here, once, by the part that assembles the process.
+        runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
         training = TrainingService(session_factory, store, runner)
         runner.register(TRAIN_JOB, training.handle_job)
         return cls(
@@ -110,6 +112,14 @@ class Services:
             training=training,
             redis=redis,
         )
+
+    def install(self, state: Any) -> None:
+        """Put each shared part on ``app.state`` under its own name, where the domains'
+        dependency providers (``serving.dependencies``, ``db.dependencies``, ...) find it."""
+        state.services = self
+        for part in fields(self):
+            if not part.name.startswith("_"):
+                setattr(state, part.name, getattr(self, part.name))
 
     async def start(self) -> None:
         self.prediction_log.start()
