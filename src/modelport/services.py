@@ -21,6 +21,7 @@ from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
+from modelport.registry.events import RegistryChanges
 from modelport.registry.artifacts import ArtifactStore, open_artifact_store
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
@@ -40,6 +41,7 @@ class Services:
     store: ArtifactStore
     models: ModelCache
     resolver: VersionResolver
+    registry_changes: RegistryChanges
     prediction_log: PredictionLogWriter
     predictions: PredictionService
     tokens: TokenCodec
@@ -63,6 +65,8 @@ class Services:
             max_bytes=settings.model_cache_max_bytes,
         )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
+        changes = RegistryChanges()
+        changes.subscribe(lambda change: resolver.invalidate())
         log = PredictionLogWriter(
             session_factory,
             spool_path=settings.prediction_log_spool,
@@ -102,6 +106,7 @@ class Services:
             store,
             models,
             resolver,
+            changes,
             log,
             predictions,
             tokens=tokens,
