@@ -21,8 +21,8 @@ from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
-from modelport.registry.events import RegistryChanges
 from modelport.registry.artifacts import ArtifactStore, open_artifact_store
+from modelport.registry.events import RegistryChanges
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
@@ -63,6 +63,7 @@ class Services:
             settings.inference_threads,
             max_models=settings.model_cache_max_models,
             max_bytes=settings.model_cache_max_bytes,
+            retry_seconds=settings.model_load_retry_seconds,
         )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
         changes = RegistryChanges()
