@@ -10,6 +10,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from modelport import __version__
 from modelport.auth.router import router as auth_router
+from modelport.builtin.wine import WINE_SIGNATURE
+from modelport.builtin.wine_api import router as wine_router
 from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
 from modelport.http.headers import ResponseHeadersMiddleware
@@ -22,8 +24,8 @@ from modelport.monitoring.metrics import router as metrics_router
 from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
-from modelport.serving.router import router as serving_router
-from modelport.serving.v2_router import router as v2_router
+from modelport.serving import router as serving_routes
+from modelport.serving import v2_router as v2_routes
 from modelport.settings import Settings, load_settings
 from modelport.training.router import router as training_router
 
@@ -32,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings)
-        app.state.services = services
+        services.install(app.state)
         await services.start()
         try:
             yield
@@ -72,8 +74,10 @@ def create_app(settings: Settings) -> FastAPI:
         health_router,
         metrics_router,
         auth_router,
-        serving_router,
-        v2_router,
+        wine_router,
+        # The generic routes' docs show a wine row: the built-in every install has.
+        serving_routes.create_router(example=WINE_SIGNATURE),
+        v2_routes.create_router(example=WINE_SIGNATURE),
         registry_router,
         datasets_router,
         predictions_router,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -20,6 +21,7 @@ from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
+from modelport.registry.events import RegistryChanges
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
@@ -40,6 +42,7 @@ class Services:
     store: ArtifactStore
     models: ModelCache
     resolver: VersionResolver
+    registry_changes: RegistryChanges
     prediction_log: PredictionLogWriter
     predictions: PredictionService
     tokens: TokenCodec
@@ -61,8 +64,11 @@ class Services:
             settings.inference_threads,
             max_models=settings.model_cache_max_models,
             max_bytes=settings.model_cache_max_bytes,
+            retry_seconds=settings.model_load_retry_seconds,
         )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
+        changes = RegistryChanges()
+        changes.subscribe(lambda change: resolver.invalidate())
         log = PredictionLogWriter(
             session_factory,
             spool_path=settings.prediction_log_spool,
@@ -91,7 +97,8 @@ class Services:
         images = ImageService(
             session_factory, store, resolver, models, log, runner, settings.max_image_pixels
         )
-        runner.register(CLASSIFY_JOB, images.handle_job)
+        # Each job kind is registered here, once, by the part that assembles the process.
+        runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
         training = TrainingService(session_factory, store, runner)
         runner.register(TRAIN_JOB, training.handle_job)
         return cls(
@@ -101,6 +108,7 @@ class Services:
             store,
             models,
             resolver,
+            changes,
             log,
             predictions,
             tokens=tokens,
@@ -111,6 +119,14 @@ class Services:
             training=training,
             redis=redis,
         )
+
+    def install(self, state: Any) -> None:
+        """Put each shared part on ``app.state`` under its own name, where the domains'
+        dependency providers (``serving.dependencies``, ``db.dependencies``, ...) find it."""
+        state.services = self
+        for part in fields(self):
+            if not part.name.startswith("_"):
+                setattr(state, part.name, getattr(self, part.name))
 
     async def start(self) -> None:
         self.prediction_log.start()

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
 
     model_cache_max_models: int = Field(default=32, ge=1, description="Models kept loaded.")
+    model_load_retry_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="After a version fails to load, requests for it answer 503 at once for this "
+        "long before the artifact is read again.",
+    )
     model_cache_max_bytes: int = Field(
         default=4 * 1024**3, ge=1, description="Artifact bytes kept loaded."
     )

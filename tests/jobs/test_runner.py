@@ -4,8 +4,11 @@ limit, taken over from a worker that died, and given up (not left hanging) in th
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
+from typing import Any
 
 from modelport.jobs.runner import PermanentJobError
+from modelport.jobs.tables import Job
 from tests.helpers import run
 from tests.jobs.support import (
     Recorder,
@@ -192,5 +195,50 @@ def test_a_running_runner_picks_up_new_work_and_stops_cleanly(database_url: str)
 
             assert handler.calls == {job_id: 1}
             assert (await load(factory, later)).status == "queued"
+
+    run(scenario())
+
+
+class SlowRecorder(Recorder):
+    """A handler whose work takes several lease lengths."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def __call__(self, job: Job) -> dict[str, Any]:
+        self.calls[job.id] += 1
+        await asyncio.sleep(self.seconds)
+        return {"number": job.payload["number"], "attempt": job.attempts}
+
+
+def test_a_job_longer_than_its_lease_keeps_it_and_runs_once(database_url: str) -> None:
+    async def scenario() -> None:
+        lease = timedelta(milliseconds=300)
+        handler = SlowRecorder(seconds=lease.total_seconds() * 4)
+        async with sessions(database_url) as first, sessions(database_url) as second:
+            (job_id,) = await enqueue(first)
+            runners = [
+                runner_with(first, handler, lease_seconds=lease.total_seconds()),
+                runner_with(second, handler, lease_seconds=lease.total_seconds()),
+            ]
+            for runner in runners:
+                runner.start()
+                runner.notify()
+
+            async def done() -> bool:
+                return (await load(first, job_id)).status == "succeeded"
+
+            try:
+                await wait_until(done, what="the long job to finish")
+                # Give the other runner several more leases' time to (wrongly) take it again.
+                await asyncio.sleep(lease.total_seconds() * 3)
+            finally:
+                for runner in runners:
+                    await runner.close()
+
+            assert handler.calls == {job_id: 1}
+            job = await load(first, job_id)
+            assert (job.status, job.attempts) == ("succeeded", 1)
 
     run(scenario())

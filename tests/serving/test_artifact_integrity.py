@@ -74,7 +74,11 @@ def test_missing_artifact_is_503_saying_so(settings: Settings, trained_wine: Tra
     assert "missing" in response.json()["detail"]
 
 
-def test_restored_artifact_is_served_again(settings: Settings, trained_wine: TrainedWine) -> None:
+def test_restored_artifact_is_served_again(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    # A failed load is remembered for MODELPORT_MODEL_LOAD_RETRY_SECONDS; none here.
+    settings = make_settings(model_load_retry_seconds=0)
     register_trained(settings, trained_wine)
     path = artifact_file(settings, "wine-quality", 1)
     path.write_bytes(b"tampered")

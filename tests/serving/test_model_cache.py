@@ -12,6 +12,7 @@ from modelport.builtin.wine import TrainedWine
 from modelport.registry.service import VersionRef
 from modelport.settings import Settings
 from tests.helpers import WINE_ROW, register_trained, services_of, wait_until_ready
+from tests.registry.support import artifact_file, serve
 
 
 def _refs(client: TestClient, name: str, versions: list[int]) -> list[VersionRef]:
@@ -82,3 +83,49 @@ def test_byte_bound_keeps_only_what_fits(
         assert [m.ref.version for m in cache.loaded()] == [1]
         assert cache.bytes_loaded <= one_model + one_model // 2
         assert cache.evictions == 1
+
+
+def test_a_version_that_fails_to_load_is_read_once_then_answered_from_memory(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    settings = make_settings(model_load_retry_seconds=300)
+    register_trained(settings, trained_wine)
+    path = artifact_file(settings, "wine-quality", 1)
+    path.write_bytes(b"\x00not an onnx model\xff")
+
+    with serve(settings, wait=False) as client:
+        answers = [client.post("/predict", json=WINE_ROW) for _ in range(5)]
+        stats = services_of(client).models.stats()
+
+    assert [a.status_code for a in answers] == [503] * 5
+    assert all("sha256" in a.json()["detail"] for a in answers)
+    # The preload and five requests: the broken artifact was read and refused once.
+    assert stats["failures"] == 1
+    assert stats["loads"] == 0
+
+
+def test_a_waiter_that_gives_up_does_not_stop_the_load_for_the_others(
+    make_settings: Callable[..., Settings], trained_wine: TrainedWine
+) -> None:
+    settings = make_settings()
+    register_trained(settings, trained_wine)
+    register_trained(settings, trained_wine)  # v2 is production; v1 is not preloaded
+    with TestClient(create_app(settings)) as client:
+        wait_until_ready(client)
+        cache = services_of(client).models
+        (v1,) = _refs(client, "wine-quality", [1])
+
+        async def first_gives_up() -> int:
+            impatient = asyncio.ensure_future(cache.get(v1))
+            patient = [asyncio.ensure_future(cache.get(v1)) for _ in range(5)]
+            await asyncio.sleep(0)
+            impatient.cancel()
+            models = await asyncio.gather(*patient)
+            again = await cache.get(v1)
+            return len({id(m) for m in [*models, again]})
+
+        distinct = client.portal.call(first_gives_up)  # type: ignore[union-attr]
+        stats = cache.stats()
+
+    assert distinct == 1
+    assert stats["failures"] == 0

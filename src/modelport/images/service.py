@@ -52,9 +52,6 @@ class ImageService:
     runner: JobRunner
     max_pixels: int
 
-    def __post_init__(self) -> None:
-        self.runner.register(CLASSIFY_JOB, self.handle_job, on_give_up=self.job_given_up)
-
     # --- uploads and the background job ---------------------------------------------------
 
     async def accept(self, caller: Principal, filename: str | None, data: bytes) -> ImagePrediction:

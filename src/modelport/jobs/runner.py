@@ -98,10 +98,14 @@ class JobRunner:
             self._wake.clear()
 
     async def _execute(self, job: Job) -> None:
-        handler = self._handlers[job.kind]
+        work = asyncio.ensure_future(self._handlers[job.kind](job))
+        heartbeat = asyncio.create_task(self._heartbeat(job, work), name=f"lease-{job.id}")
         try:
-            result = await handler(job)
+            result = await work
         except asyncio.CancelledError:
+            if heartbeat.done() and heartbeat.result() is False:
+                return  # the lease was lost and the work stopped: its new holder runs it
+            work.cancel()
             raise
         except PermanentJobError as exc:
             if await self._finish(job, error=str(exc)):
@@ -115,6 +119,27 @@ class JobRunner:
         else:
             await self._finish(job, result=result)
             self.completed += 1
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, job: Job, work: asyncio.Future[Any]) -> bool:
+        """Renew the lease while the work runs, so a job longer than one lease is not taken by
+        another worker and run twice. If the lease is lost anyway (this worker was cut off from
+        the database for longer than a lease), stop the work: someone else now holds the job."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            try:
+                async with self._session_factory() as session:
+                    kept = await service.renew(session, job.id, self.worker_id, self._lease)
+            except Exception as exc:  # database away: try again, the lease may still hold
+                logger.warning("could not renew a job lease", extra={"error": str(exc)})
+                continue
+            if not kept:
+                logger.warning("job lease lost while running", extra={"job_id": str(job.id)})
+                work.cancel()
+                return False
 
     async def _finish(self, job: Job, **outcome: Any) -> bool:
         async with self._session_factory() as session:

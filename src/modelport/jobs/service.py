@@ -108,6 +108,17 @@ async def lease_next(
     return None
 
 
+async def renew(session: AsyncSession, job_id: uuid.UUID, worker_id: str, lease: timedelta) -> bool:
+    """Extend this worker's lease on a running job; False if the lease is no longer its own."""
+    renewed = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.leased_by == worker_id, Job.status == "running")
+        .values(lease_expires_at=datetime.now(UTC) + lease)
+    )
+    await session.commit()
+    return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+
 async def finish(
     session: AsyncSession,
     job_id: uuid.UUID,

@@ -1,10 +1,13 @@
 """Loaded models kept in memory: an LRU bounded by count and by artifact bytes. Each version is
-loaded once, even when many first requests for it arrive together."""
+loaded once, even when many first requests for it arrive together, and a version that failed to
+load is not tried again for a few seconds."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -12,14 +15,23 @@ from dataclasses import dataclass
 import anyio
 from prometheus_client import Counter
 
+from modelport.errors import ModelportError, ModelUnavailableError
 from modelport.registry.service import VersionRef
 from modelport.runtimes.loader import Runtime, load_runtime
 from modelport.storage.protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
 CACHE_EVENTS = Counter(
-    "modelport_model_cache_events_total", "Model cache hits, misses, loads and evictions", ["event"]
+    "modelport_model_cache_events_total",
+    "Model cache hits, misses, loads, failed loads and evictions",
+    ["event"],
 )
+
+
+@dataclass(frozen=True)
+class _Failure:
+    until: float  # monotonic time after which the version may be tried again
+    error: ModelportError
 
 
 @dataclass(frozen=True)
@@ -35,14 +47,17 @@ class ModelCache:
         intra_op_threads: int = 1,
         max_models: int = 32,
         max_bytes: int = 4 * 1024**3,
+        retry_seconds: float = 10.0,
     ) -> None:
         self._store = store
         self._intra_op_threads = intra_op_threads
         self._max_models = max_models
         self._max_bytes = max_bytes
         self._models: OrderedDict[uuid.UUID, LoadedModel] = OrderedDict()
-        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self.hits = self.misses = self.loads = self.evictions = 0
+        self._retry_seconds = retry_seconds
+        self._loading: dict[uuid.UUID, asyncio.Future[LoadedModel]] = {}
+        self._failures: dict[uuid.UUID, _Failure] = {}
+        self.hits = self.misses = self.loads = self.evictions = self.failures = 0
 
     def loaded(self) -> list[LoadedModel]:
         return list(self._models.values())
@@ -59,6 +74,7 @@ class ModelCache:
             "misses": self.misses,
             "loads": self.loads,
             "evictions": self.evictions,
+            "failures": self.failures,
         }
 
     async def get(self, ref: VersionRef) -> LoadedModel:
@@ -68,16 +84,47 @@ class ModelCache:
             self._count("hits")
             return model
         self._count("misses")
-        lock = self._locks.setdefault(ref.version_id, asyncio.Lock())
-        async with lock:
-            model = self._models.get(ref.version_id)
-            if model is None:
-                model = await anyio.to_thread.run_sync(self._load, ref)
-                self._models[ref.version_id] = model
-                self._count("loads")
-                self._evict(keep=ref.version_id)
-        self._locks.pop(ref.version_id, None)
-        return model
+        failure = self._failures.get(ref.version_id)
+        if failure is not None:
+            if time.monotonic() < failure.until:
+                raise copy.copy(failure.error).with_traceback(None)
+            del self._failures[ref.version_id]
+        loading = self._loading.get(ref.version_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_once(ref))
+            self._loading[ref.version_id] = loading
+        # One load per version, shared by every waiter; a waiter that gives up (cancelled)
+        # leaves the load running for the others.
+        return await asyncio.shield(loading)
+
+    async def _load_once(self, ref: VersionRef) -> LoadedModel:
+        try:
+            model = await anyio.to_thread.run_sync(self._load, ref)
+        except Exception as exc:
+            error = (
+                exc
+                if isinstance(exc, ModelportError)
+                else ModelUnavailableError(
+                    f"model {ref.model_name!r} version {ref.version} could not be loaded"
+                )
+            )
+            # Remembered briefly and reported once: a broken artifact is not read and parsed
+            # again on every request.
+            self._failures[ref.version_id] = _Failure(time.monotonic() + self._retry_seconds, error)
+            self._count("failures")
+            logger.error(
+                "model could not be loaded",
+                exc_info=exc,
+                extra={"model": ref.model_name, "version": ref.version},
+            )
+            raise error from exc
+        else:
+            self._models[ref.version_id] = model
+            self._count("loads")
+            self._evict(keep=ref.version_id)
+            return model
+        finally:
+            self._loading.pop(ref.version_id, None)
 
     def _count(self, event: str) -> None:
         setattr(self, event, getattr(self, event) + 1)

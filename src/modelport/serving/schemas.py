@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-
-
-class WinePredictionOut(BaseModel):
-    predicted_quality: float = Field(description="Predicted quality score, 0-10", examples=[5.4])
-    model_version: str = Field(examples=["1"])
-    timestamp: datetime
 
 
 class PredictionsOut(BaseModel):

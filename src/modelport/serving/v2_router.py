@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -18,12 +19,14 @@ from fastapi.routing import APIRoute
 from modelport import __version__
 from modelport.auth.dependencies import Predictor, Reader
 from modelport.auth.principal import Principal
-from modelport.builtin.wine import WINE_SIGNATURE
+from modelport.db.dependencies import EngineDep, SessionFactoryDep
 from modelport.db.engine import database_is_reachable
-from modelport.dependencies import get_services
 from modelport.errors import InvalidInputError, ModelportError, UnsupportedMediaTypeError
-from modelport.services import Services
-from modelport.serving.service import Target
+from modelport.http.dependencies import SettingsDep
+from modelport.runtimes.signature import Signature
+from modelport.serving.dependencies import ModelCacheDep, PredictionServiceDep, ResolverDep
+from modelport.serving.model_cache import ModelCache
+from modelport.serving.service import PredictionService, Target
 from modelport.serving.v2_codec import BINARY_HEADER
 from modelport.serving.v2_schemas import (
     InferenceResponse,
@@ -90,8 +93,6 @@ class ProtocolRoute(APIRoute):
         return protocol_errors
 
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"], route_class=ProtocolRoute)
-ServicesDep = Annotated[Services, Depends(get_services)]
 ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wine-quality")]
 VersionPath = Annotated[str, Path(max_length=16, description="Version number, e.g. 1")]
 
@@ -101,7 +102,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ProtocolError, "description": "Too many rows"},
     503: {"model": ProtocolError, "description": "The model cannot be served right now"},
 }
-_FIRST_WINE = [spec.example for spec in WINE_SIGNATURE.inputs]
 _TENSOR = {
     "type": "object",
     "required": ["name", "shape", "datatype"],
@@ -113,86 +113,105 @@ _TENSOR = {
         "parameters": {"type": "object"},
     },
 }
-_INFER_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": _TENSOR},
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "parameters": {"type": "object"},
+
+
+def _infer_body(example: Signature) -> dict[str, Any]:
+    first = [spec.example for spec in example.inputs]
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["inputs"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "inputs": {"type": "array", "items": _TENSOR},
+                            "outputs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "parameters": {"type": "object"},
+                                    },
                                 },
                             },
                         },
                     },
-                },
-                "examples": {
-                    "2-D tensor": {
-                        "summary": "All features in one [rows, features] tensor",
-                        "value": {
-                            "inputs": [
-                                {
-                                    "name": "features",
-                                    "shape": [1, len(_FIRST_WINE)],
-                                    "datatype": "FP32",
-                                    "data": [_FIRST_WINE],
-                                }
-                            ]
+                    "examples": {
+                        "2-D tensor": {
+                            "summary": "All features in one [rows, features] tensor",
+                            "value": {
+                                "inputs": [
+                                    {
+                                        "name": "features",
+                                        "shape": [1, len(first)],
+                                        "datatype": "FP32",
+                                        "data": [first],
+                                    }
+                                ]
+                            },
+                        },
+                        "per feature": {
+                            "summary": "One [rows] tensor per feature",
+                            "value": {
+                                "inputs": [
+                                    {"name": s.name, "shape": [1], "datatype": "FP32", "data": [ex]}
+                                    for s, ex in zip(example.inputs, first, strict=True)
+                                ]
+                            },
                         },
                     },
-                    "per feature": {
-                        "summary": "One [rows] tensor per feature",
-                        "value": {
-                            "inputs": [
-                                {"name": s.name, "shape": [1], "datatype": "FP32", "data": [ex]}
-                                for s, ex in zip(WINE_SIGNATURE.inputs, _FIRST_WINE, strict=True)
-                            ]
-                        },
-                    },
-                },
-            }
-        },
+                }
+            },
+        }
     }
-}
 
 
-def _directory(services: Services) -> ModelDirectory:
-    return ModelDirectory(services.session_factory, services.resolver, services.models)
+def get_directory(
+    session_factory: SessionFactoryDep, resolver: ResolverDep, models: ModelCacheDep
+) -> ModelDirectory:
+    return ModelDirectory(session_factory, resolver, models)
 
 
-@router.get("", response_model=ServerMetadata, summary="Server metadata")
+DirectoryDep = Annotated[ModelDirectory, Depends(get_directory)]
+
+
+@dataclass(frozen=True)
+class Inference:
+    """What an infer call needs: the shared prediction path and the tensor decoder's inputs."""
+
+    predictions: PredictionService
+    models: ModelCache
+    max_batch_rows: int
+
+
+def get_inference(
+    predictions: PredictionServiceDep, models: ModelCacheDep, settings: SettingsDep
+) -> Inference:
+    return Inference(predictions, models, settings.max_batch_rows)
+
+
+InferenceDep = Annotated[Inference, Depends(get_inference)]
+
+
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="modelport", version=__version__, extensions=EXTENSIONS)
 
 
-@router.get("/health/live", response_model=ServerLive, summary="Liveness: the process answers")
 async def server_live() -> ServerLive:
     return ServerLive(live=True)
 
 
-@router.get(
-    "/health/ready",
-    response_model=ServerReady,
-    summary="Readiness: 503 while the database is unreachable or no model is loaded",
-    responses={503: {"description": "Not ready; `error` says why"}},
-)
-async def server_ready(services: ServicesDep) -> Response:
+async def server_ready(engine: EngineDep, models: ModelCacheDep) -> Response:
     problems = []
-    if not await database_is_reachable(services.engine):
+    if not await database_is_reachable(engine):
         problems.append("the database is unreachable")
-    if not services.models.loaded():
+    if not models.loaded():
         problems.append("no model is loaded")
     if problems:
         return JSONResponse({"ready": False, "error": "; ".join(problems)}, status_code=503)
@@ -200,9 +219,8 @@ async def server_ready(services: ServicesDep) -> Response:
 
 
 async def _model_ready(
-    services: Services, caller: Principal, name: str, version: int | None
+    directory: ModelDirectory, caller: Principal, name: str, version: int | None
 ) -> Response:
-    directory = _directory(services)
     ref = await directory.visible(caller, name, version)
     if directory.is_loaded(ref):
         return JSONResponse(ModelReady(name=ref.model_name, ready=True).model_dump())
@@ -216,57 +234,30 @@ async def _model_ready(
     )
 
 
-@router.get(
-    "/models/{name}",
-    response_model=ModelMetadata,
-    summary="Model metadata: versions, platform, input and output tensors",
-    responses=_ERRORS,
-)
-async def model_metadata(name: ModelName, services: ServicesDep, caller: Reader) -> ModelMetadata:
-    return await _directory(services).metadata(caller, name, None)
+async def model_metadata(name: ModelName, directory: DirectoryDep, caller: Reader) -> ModelMetadata:
+    return await directory.metadata(caller, name, None)
 
 
-@router.get(
-    "/models/{name}/versions/{version}",
-    response_model=ModelMetadata,
-    summary="Metadata of one version",
-    responses=_ERRORS,
-)
 async def version_metadata(
-    name: ModelName, version: VersionPath, services: ServicesDep, caller: Reader
+    name: ModelName, version: VersionPath, directory: DirectoryDep, caller: Reader
 ) -> ModelMetadata:
-    return await _directory(services).metadata(caller, name, parse_version(name, version))
+    return await directory.metadata(caller, name, parse_version(name, version))
 
 
-@router.get(
-    "/models/{name}/ready",
-    response_model=ModelReady,
-    summary="Model readiness: 200 once its production version is loaded, else 503",
-    responses=_ERRORS,
-)
-async def model_ready(name: ModelName, services: ServicesDep, caller: Reader) -> Response:
-    return await _model_ready(services, caller, name, None)
+async def model_ready(name: ModelName, directory: DirectoryDep, caller: Reader) -> Response:
+    return await _model_ready(directory, caller, name, None)
 
 
-@router.get(
-    "/models/{name}/versions/{version}/ready",
-    response_model=ModelReady,
-    summary="Readiness of one version",
-    responses=_ERRORS,
-)
 async def version_ready(
-    name: ModelName, version: VersionPath, services: ServicesDep, caller: Reader
+    name: ModelName, version: VersionPath, directory: DirectoryDep, caller: Reader
 ) -> Response:
-    return await _model_ready(services, caller, name, parse_version(name, version))
+    return await _model_ready(directory, caller, name, parse_version(name, version))
 
 
-async def _infer(
-    request: Request, services: Services, caller: Principal, target: Target
-) -> Response:
-    call = InferCall(
-        services.models, services.settings.max_batch_rows, request.headers.get(BINARY_HEADER)
-    )
-    result = await services.predictions.predict_with(
+async def _infer(request: Request, infer: Inference, caller: Principal, target: Target) -> Response:
+    predictions = infer.predictions
+    call = InferCall(infer.models, infer.max_batch_rows, request.headers.get(BINARY_HEADER))
+    result = await predictions.predict_with(
         target,
         await request.body(),
         str(request.state.request_id),
@@ -278,31 +269,98 @@ async def _infer(
     return Response(body, headers=headers)
 
 
-@router.post(
-    "/models/{name}/infer",
-    response_model=InferenceResponse,
-    summary="Inference with the production version",
-    openapi_extra=_INFER_BODY,
-    responses=_ERRORS,
-)
 async def infer(
-    name: ModelName, request: Request, services: ServicesDep, caller: Predictor
+    name: ModelName, request: Request, inference: InferenceDep, caller: Predictor
 ) -> Response:
-    return await _infer(request, services, caller, Target(name))
+    return await _infer(request, inference, caller, Target(name))
 
 
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    response_model=InferenceResponse,
-    summary="Inference with one specific version",
-    openapi_extra=_INFER_BODY,
-    responses=_ERRORS,
-)
 async def infer_version(
     name: ModelName,
     version: VersionPath,
     request: Request,
-    services: ServicesDep,
+    inference: InferenceDep,
     caller: Predictor,
 ) -> Response:
-    return await _infer(request, services, caller, Target(name, parse_version(name, version)))
+    return await _infer(request, inference, caller, Target(name, parse_version(name, version)))
+
+
+def create_router(example: Signature) -> APIRouter:
+    """The V2 routes; the infer routes' docs show a row of ``example`` as tensors."""
+    router = APIRouter(
+        prefix="/v2", tags=["open inference protocol (v2)"], route_class=ProtocolRoute
+    )
+    infer_body = _infer_body(example)
+    router.add_api_route(
+        "",
+        server_metadata,
+        methods=["GET"],
+        response_model=ServerMetadata,
+        summary="Server metadata",
+    )
+    router.add_api_route(
+        "/health/live",
+        server_live,
+        methods=["GET"],
+        response_model=ServerLive,
+        summary="Liveness: the process answers",
+    )
+    router.add_api_route(
+        "/health/ready",
+        server_ready,
+        methods=["GET"],
+        response_model=ServerReady,
+        summary="Readiness: 503 while the database is unreachable or no model is loaded",
+        responses={503: {"description": "Not ready; `error` says why"}},
+    )
+    router.add_api_route(
+        "/models/{name}",
+        model_metadata,
+        methods=["GET"],
+        response_model=ModelMetadata,
+        summary="Model metadata: versions, platform, input and output tensors",
+        responses=_ERRORS,
+    )
+    router.add_api_route(
+        "/models/{name}/versions/{version}",
+        version_metadata,
+        methods=["GET"],
+        response_model=ModelMetadata,
+        summary="Metadata of one version",
+        responses=_ERRORS,
+    )
+    router.add_api_route(
+        "/models/{name}/ready",
+        model_ready,
+        methods=["GET"],
+        response_model=ModelReady,
+        summary="Model readiness: 200 once its production version is loaded, else 503",
+        responses=_ERRORS,
+    )
+    router.add_api_route(
+        "/models/{name}/versions/{version}/ready",
+        version_ready,
+        methods=["GET"],
+        response_model=ModelReady,
+        summary="Readiness of one version",
+        responses=_ERRORS,
+    )
+    router.add_api_route(
+        "/models/{name}/infer",
+        infer,
+        methods=["POST"],
+        response_model=InferenceResponse,
+        summary="Inference with the production version",
+        openapi_extra=infer_body,
+        responses=_ERRORS,
+    )
+    router.add_api_route(
+        "/models/{name}/versions/{version}/infer",
+        infer_version,
+        methods=["POST"],
+        response_model=InferenceResponse,
+        summary="Inference with one specific version",
+        openapi_extra=infer_body,
+        responses=_ERRORS,
+    )
+    return router
