@@ -49,7 +49,7 @@ from modelport.serving.validation import Rows, parse_json_body
 EXTENSIONS = ["binary_tensor_data"]
 BINARY_HEADER = "inference-header-content-length"
 PLATFORMS = {"onnx": "onnxruntime_onnx"}
-_VERSION = re.compile(r"^[0-9]{1,7}$")
+_VERSION = re.compile(r"[0-9]{1,7}")
 
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 _INTEGER_RANGES = {
@@ -85,7 +85,7 @@ _OUTPUT_DTYPES = {"FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
 
 def parse_version(name: str, version: str) -> int:
     """V2 versions are strings; modelport's are the numbers 1, 2, ... (anything else: 404)."""
-    if not _VERSION.match(version) or int(version) < 1:
+    if not _VERSION.fullmatch(version) or int(version) < 1:
         raise NotFoundError(f"model {name!r} has no version {version!r}")
     return int(version)
 
