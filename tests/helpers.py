@@ -88,10 +88,16 @@ def flush_log(test_client: TestClient) -> None:
     test_client.portal.call(services_of(test_client).prediction_log.flush)  # type: ignore[union-attr]
 
 
+# The operators' token every test app accepts for /metrics and /health details.
+METRICS_TOKEN = "metrics-token-for-the-tests-0123456789abcdef"
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 def settings_for(var_dir: Path, database_url: str, **overrides: Any) -> Settings:
     """What every test app starts from: quick log flushes, text logs, rate limits out of the way
-    (the rate-limit tests set their own)."""
+    (the rate-limit tests set their own), a metrics token for operators."""
     values: dict[str, Any] = {
+        "metrics_token": METRICS_TOKEN,
         "var_dir": var_dir,
         "database_url": database_url,
         "prediction_log_flush_seconds": 0.05,

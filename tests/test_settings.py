@@ -114,6 +114,8 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_S3_ENDPOINT_URL", "ftp://minio:9000", "http:// or https://"),
         ("MODELPORT_S3_ENDPOINT_URL", "http://", "http:// or https://"),
         ("MODELPORT_S3_CONNECT_TIMEOUT", "0", "greater than 0"),
+        ("MODELPORT_METRICS_TOKEN", "guessable", "at least 32 characters"),
+        ("MODELPORT_METRICS_TOKEN", "0123456789abcdef0123456789abcdef é", "printable ASCII"),
     ],
 )
 def test_bad_values_name_the_variable_to_fix(

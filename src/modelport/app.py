@@ -20,7 +20,6 @@ from modelport.images.router import router as images_router
 from modelport.jobs.router import router as jobs_router
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
-from modelport.monitoring.metrics import router as metrics_router
 from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
@@ -53,7 +52,13 @@ def create_app(settings: Settings) -> FastAPI:
         CORSMiddleware,
         allow_origins=settings.cors_allow_origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "X-API-Key",
+            "Content-Type",
+            "X-Request-ID",
+            "X-Delete-Token",
+        ],
         expose_headers=[
             "X-Request-ID",
             "X-RateLimit-Limit",
@@ -72,7 +77,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (
         health_router,
-        metrics_router,
         auth_router,
         wine_router,
         # The generic routes' docs show a wine row: the built-in every install has.

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     anonymous_predictions: bool = Field(
         default=True, description="Anyone may predict with public models (stricter rate limit)."
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for /metrics and /health details (Prometheus sends it). Empty:"
+        " only administrators may read them.",
+    )
     login_failures_allowed: int = Field(default=5, ge=1, description="Per account and address.")
     login_window_seconds: float = Field(default=900, gt=0)
 
@@ -197,6 +202,18 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes; generate one with `openssl rand -hex 32`")
         return value or None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _check_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = value.get_secret_value() if value is not None else ""
+        if secret and len(secret) < 32:
+            raise ValueError(
+                "must be at least 32 characters; generate one with `openssl rand -hex 32`"
+            )
+        if any(not (ch.isascii() and ch.isprintable()) or ch == " " for ch in secret):
+            raise ValueError("must be printable ASCII without spaces (it is sent in a header)")
+        return value if secret else None
 
     @field_validator("redis_url")
     @classmethod

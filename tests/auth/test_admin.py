@@ -177,7 +177,9 @@ def assert_disabled(response: httpx.Response) -> None:
     assert response.json()["detail"] == DISABLED
 
 
-def test_a_disabled_user_loses_every_credential_until_enabled_again(client: TestClient) -> None:
+def test_a_disabled_user_loses_every_credential_and_enabling_revives_only_keys(
+    client: TestClient,
+) -> None:
     admin = admin_headers(client)
     user_id, email, pair = account(client)
     user = bearer_of(pair["access_token"])
@@ -201,9 +203,14 @@ def test_a_disabled_user_loses_every_credential_until_enabled_again(client: Test
     assert wrong.status_code == 401
 
     assert patch_user(client, user_id, admin, disabled=False).status_code == 200
-    assert client.get(f"{AUTH}/me", headers=user).status_code == 200
+    # Sessions from before the account was disabled stay ended; API keys were only paused.
+    assert client.get(f"{AUTH}/me", headers=user).status_code == 401
+    stale = client.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert stale.status_code == 401
+    assert "disabled" in stale.json()["detail"]
     assert client.get(f"{AUTH}/me", headers=key).status_code == 200
-    login(client, email)
+    fresh = login(client, email)
+    assert client.get(f"{AUTH}/me", headers=bearer_of(fresh["access_token"])).status_code == 200
 
 
 def test_a_disabled_admin_can_no_longer_administer(client: TestClient) -> None:

@@ -305,7 +305,7 @@ def test_every_kind_of_response_carries_the_security_headers(
         "ok": client.get("/ping"),
         "json": client.get(MODELS),
         "openapi": client.get("/openapi.json"),
-        "metrics": client.get("/metrics"),
+        "metrics": client.get("/metrics", headers=admin),
         "predicted": client.post("/predict", json=WINE_ROW),
         "not-found": client.get("/no/such/page"),
         "no-model": client.get(f"{MODELS}/no-such-model"),

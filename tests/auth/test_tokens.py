@@ -59,6 +59,8 @@ def claims(user_id: uuid.UUID, **changes: Any) -> dict[str, Any]:
         "iat": now,
         "nbf": now,
         "exp": now + 600,
+        "fam": str(uuid.uuid4()),  # the session; no refresh token on record: not signed out
+        "gen": 0,
     }
     payload.update(changes)
     return {name: value for name, value in payload.items() if value is not DROP}
@@ -130,6 +132,11 @@ FORGERIES: dict[str, tuple[Callable[[uuid.UUID], str], tuple[str, ...]]] = {
     "no-type": (lambda u: signed(claims(u, typ=DROP)), ("typ",)),
     "refresh-type": (lambda u: signed(claims(u, typ="refresh")), ("access token",)),
     "subject-not-an-id": (lambda u: signed(claims(u, sub="admin")), ("malformed",)),
+    "no-session": (lambda u: signed(claims(u, fam=DROP)), ("no session",)),
+    "no-generation": (lambda u: signed(claims(u, gen=DROP)), ("no session",)),
+    "session-not-an-id": (lambda u: signed(claims(u, fam="mine")), ("malformed",)),
+    "generation-not-a-number": (lambda u: signed(claims(u, gen="0")), ("malformed",)),
+    "later-generation": (lambda u: signed(claims(u, gen=1)), ("disabled",)),
     "garbage": (lambda u: "this-is-not-a-token", ("malformed",)),
     "three-garbage-parts": (lambda u: "aaaaaaaaaa.bbbbbbbbbb.cccccccccc", ("malformed",)),
 }

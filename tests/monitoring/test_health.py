@@ -12,7 +12,7 @@ from sqlalchemy import make_url
 
 from modelport.app import create_app
 from modelport.settings import Settings
-from tests.helpers import WINE_ROW, flush_log
+from tests.helpers import OPERATOR, WINE_ROW, flush_log
 
 
 def test_root_reports_a_healthy_service(client: TestClient) -> None:
@@ -34,7 +34,7 @@ def test_health_shows_each_component(client: TestClient) -> None:
     assert client.post("/predict", json=WINE_ROW).status_code == 200
     flush_log(client)
 
-    response = client.get("/health")
+    response = client.get("/health", headers=OPERATOR)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"

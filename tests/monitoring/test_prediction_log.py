@@ -13,6 +13,7 @@ from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
 from modelport.settings import Settings
 from tests.helpers import (
+    OPERATOR,
     WINE_ROW,
     admin_headers,
     flush_log,
@@ -145,7 +146,8 @@ def test_rows_beyond_the_memory_buffer_go_to_the_spool_and_reach_the_database(
 
         # The third row found the buffer full: it went by way of the spool file (written by
         # the background task, never on the request path), which also woke the writer.
-        log = client.get("/health").json()["components"]["prediction_log"]["detail"]
+        health = client.get("/health", headers=OPERATOR)
+        log = health.json()["components"]["prediction_log"]["detail"]
         assert log["spooled"] >= 1
         spool = services_of(client).settings.prediction_log_spool
 

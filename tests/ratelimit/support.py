@@ -12,6 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
+from tests.helpers import OPERATOR
+
 REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 BACKEND_ERRORS = "modelport_ratelimit_backend_errors_total"
@@ -44,6 +46,6 @@ def closed_port_url() -> str:
 
 def backend_errors(client: TestClient, outcome: str) -> float:
     """The value GET /metrics shows for limiter checks that could not reach the backend."""
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=OPERATOR).text
     found = re.search(rf'^{BACKEND_ERRORS}{{outcome="{outcome}"}} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0

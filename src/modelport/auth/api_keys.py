@@ -8,6 +8,7 @@ import secrets
 KEY_PREFIX = "mp_"
 VISIBLE_PREFIX_LENGTH = 10  # "mp_" + 7 characters, enough to recognise a key in a list
 SCOPES = ("predict", "read", "manage")
+DEFAULT_LIFETIME_DAYS = 90
 
 
 def generate_key() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -53,7 +54,8 @@ async def _identify(
         except InvalidTokenError as exc:
             raise UnauthorizedError(f"access token rejected: {exc}") from None
         async with services.session_factory() as session:
-            user = await service.active_user(session, claims.user_id)
+            # One query: the account, and whether this token's session has been ended.
+            user = await service.user_for_access(session, claims)
         return Principal(address, user_id=user.id, role=user.role, scopes=ALL_SCOPES)
     scopes = {"read", "predict"} if services.settings.anonymous_predictions else {"read"}
     return Principal(address, scopes=frozenset(scopes))
@@ -144,3 +146,67 @@ Reader = Annotated[Principal, Depends(require_scope("read"))]
 SignedInReader = Annotated[Principal, Depends(require_scope("read", anonymous=False))]
 Predictor = Annotated[Principal, Depends(require_scope("predict"))]
 Manager = Annotated[Principal, Depends(require_scope("manage"))]
+
+
+# --- operators: health details and metrics ----------------------------------------------------
+
+OPERATORS_ONLY = (
+    "health details and metrics are for operators: send MODELPORT_METRICS_TOKEN as a Bearer "
+    "token, or an administrator's credentials"
+)
+
+
+def _is_metrics_token(services: Services, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected = services.settings.metrics_token
+    if expected is None or credentials is None:
+        return False
+    return hmac.compare_digest(
+        credentials.credentials.encode(), expected.get_secret_value().encode()
+    )
+
+
+async def _operator(
+    request: Request,
+    services: Services,
+    credentials: HTTPAuthorizationCredentials | None,
+    api_key: str | None,
+) -> bool | None:
+    """True for the metrics token or an administrator allowed to read; False for anyone else
+    who sent credentials; None when none were sent (answered without a database lookup or a
+    rate-limit token, so probes stay cheap)."""
+    if _is_metrics_token(services, credentials):
+        return True
+    if credentials is None and not api_key:
+        return None
+    # Anything else is an ordinary credential: checked, and rate limited, as everywhere.
+    try:
+        principal = await get_principal(request, services, credentials, api_key)
+    except UnauthorizedError as exc:
+        raise UnauthorizedError(f"{OPERATORS_ONLY} ({exc.message})") from None
+    return principal.is_admin and "read" in principal.scopes
+
+
+async def optional_operator(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> bool:
+    """Whether the caller may see operator details; everyone else gets the summary."""
+    return bool(await _operator(request, services, credentials, api_key))
+
+
+async def require_operator(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    api_key: Annotated[str | None, Security(api_key_scheme)],
+) -> None:
+    allowed = await _operator(request, services, credentials, api_key)
+    if allowed is None:
+        raise UnauthorizedError(OPERATORS_ONLY)
+    if not allowed:
+        raise ForbiddenError(OPERATORS_ONLY)
+
+
+IsOperator = Annotated[bool, Depends(optional_operator)]

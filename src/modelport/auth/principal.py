@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 
 ALL_SCOPES = frozenset({"predict", "read", "manage"})
 
@@ -15,6 +16,7 @@ class Principal:
     role: str | None = None
     api_key_id: uuid.UUID | None = None
     api_key_rate_limit: int | None = None
+    api_key_expires_at: datetime | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
 
     @property

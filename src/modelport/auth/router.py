@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +14,7 @@ from modelport.auth.dependencies import (
     AdminDep,
     Manager,
     ServicesDep,
-    UserDep,
+    SignedInReader,
     client_address,
     enforce_rate_limit,
 )
@@ -145,7 +145,7 @@ async def logout(body: RefreshIn, session: Session, services: ServicesDep) -> Re
 
 
 @router.get("/api/v1/auth/me", response_model=UserOut)
-async def me(principal: UserDep, session: Session) -> UserOut:
+async def me(principal: SignedInReader, session: Session) -> UserOut:
     assert principal.user_id is not None
     return UserOut.model_validate(await service.active_user(session, principal.user_id))
 
@@ -160,21 +160,23 @@ async def me(principal: UserDep, session: Session) -> UserOut:
     tags=["api keys"],
 )
 async def create_api_key(
-    body: ApiKeyCreateIn, principal: Manager, session: Session, response: Response
+    body: ApiKeyCreateIn,
+    principal: Manager,
+    session: Session,
+    response: Response,
+    services: ServicesDep,
 ) -> ApiKeyCreatedOut:
-    assert principal.user_id is not None
-    if not set(body.scopes) <= principal.scopes:
-        raise ForbiddenError("a key cannot be given scopes its creator does not have")
-    if body.rate_limit_per_minute is not None and not principal.is_admin:
-        raise ForbiddenError("only administrators may set a key's rate limit")
-    user = await service.active_user(session, principal.user_id)
+    """A key can do no more than the credentials that create it; one made with another key
+    expires no later than that key (a default lifetime is cut to fit, a longer one refused)."""
+    asked = body.model_fields_set
     key, plaintext = await service.create_api_key(
         session,
-        user,
+        principal,
         name=body.name,
         scopes=list(body.scopes),
-        expires_in_days=body.expires_in_days,
+        expires_in_days=body.expires_in_days if "expires_in_days" in asked else None,
         rate_limit_per_minute=body.rate_limit_per_minute,
+        default_rate_limit=services.settings.rate_limit_api_key_per_minute,
     )
     await session.commit()
     response.headers.update(NO_STORE)
@@ -195,19 +197,22 @@ async def get_api_key(key_id: uuid.UUID, principal: Manager, session: Session) -
 
 @router.patch("/api/v1/api-keys/{key_id}", response_model=ApiKeyOut, tags=["api keys"])
 async def update_api_key(
-    key_id: uuid.UUID, body: ApiKeyUpdateIn, principal: Manager, session: Session
+    key_id: uuid.UUID,
+    body: ApiKeyUpdateIn,
+    principal: Manager,
+    session: Session,
+    services: ServicesDep,
 ) -> ApiKeyOut:
-    key = await service.get_api_key(session, principal, key_id)
-    if body.scopes is not None and not set(body.scopes) <= principal.scopes:
-        raise ForbiddenError("a key cannot be given scopes its owner's credentials lack")
-    if "rate_limit_per_minute" in body.model_fields_set and not principal.is_admin:
-        raise ForbiddenError("only administrators may set a key's rate limit")
-    if body.name is not None:
-        key.name = body.name
-    if body.scopes is not None:
-        key.scopes = sorted(set(body.scopes))
+    changes: dict[str, Any] = {"name": body.name, "scopes": body.scopes}
     if "rate_limit_per_minute" in body.model_fields_set:
-        key.rate_limit_per_minute = body.rate_limit_per_minute
+        changes["rate_limit_per_minute"] = body.rate_limit_per_minute
+    key = await service.update_api_key(
+        session,
+        principal,
+        key_id,
+        default_rate_limit=services.settings.rate_limit_api_key_per_minute,
+        **changes,
+    )
     await session.commit()
     return ApiKeyOut.model_validate(key)
 
@@ -242,11 +247,12 @@ async def list_users(
 async def update_user(
     user_id: uuid.UUID, body: UserUpdateIn, _: AdminDep, session: Session
 ) -> UserOut:
-    """Disable or enable an account, or change its role. Administrators only."""
+    """Disable or enable an account, or change its role. Administrators only. Disabling ends
+    the account's sessions for good: enabling it again does not revive them."""
     user = await service.get_user(session, user_id)
     if body.role is not None:
         user.role = body.role
     if body.disabled is not None:
-        user.disabled = body.disabled
+        service.set_disabled(user, body.disabled)
     await session.commit()
     return UserOut.model_validate(user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, update
@@ -14,7 +15,7 @@ from modelport.auth import api_keys
 from modelport.auth.passwords import hash_password, password_problem, verify_password
 from modelport.auth.principal import ALL_SCOPES, Principal
 from modelport.auth.tables import ApiKey, RefreshToken, User
-from modelport.auth.tokens import InvalidTokenError, TokenCodec
+from modelport.auth.tokens import InvalidTokenError, TokenClaims, TokenCodec
 from modelport.errors import (
     ConflictError,
     ForbiddenError,
@@ -74,9 +75,13 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
 async def issue_tokens(
     session: AsyncSession, codec: TokenCodec, user: User, family_id: uuid.UUID | None = None
 ) -> tuple[str, str]:
-    """A new access token and a refresh token recorded in ``family_id`` (a new family if None)."""
-    access, _ = codec.issue(user.id, "access")
-    refresh, claims = codec.issue(user.id, "refresh", family_id=family_id or uuid.uuid4())
+    """A new access token and a refresh token recorded in ``family_id`` (a new family if None).
+    Both name the family (the session) and the account's token generation, so ending the
+    session or disabling the account ends the access token too."""
+    family_id = family_id or uuid.uuid4()
+    generation = user.token_generation
+    access, _ = codec.issue(user.id, "access", family_id=family_id, generation=generation)
+    refresh, claims = codec.issue(user.id, "refresh", family_id=family_id, generation=generation)
     assert claims.family_id is not None
     session.add(
         RefreshToken(
@@ -90,7 +95,9 @@ async def issue_tokens(
     return access, refresh
 
 
-async def _stored_refresh(session: AsyncSession, codec: TokenCodec, token: str) -> RefreshToken:
+async def _stored_refresh(
+    session: AsyncSession, codec: TokenCodec, token: str
+) -> tuple[RefreshToken, TokenClaims]:
     try:
         claims = codec.decode(token, "refresh")
     except InvalidTokenError as exc:
@@ -98,14 +105,14 @@ async def _stored_refresh(session: AsyncSession, codec: TokenCodec, token: str) 
     stored = await session.get(RefreshToken, claims.token_id)
     if stored is None or stored.user_id != claims.user_id:
         raise UnauthorizedError("refresh token rejected: unknown token")
-    return stored
+    return stored, claims
 
 
 async def rotate_refresh_token(
     session: AsyncSession, codec: TokenCodec, token: str
 ) -> tuple[str, str]:
     """Spend ``token`` for a new pair. Spending it twice means it leaked: revoke the family."""
-    stored = await _stored_refresh(session, codec, token)
+    stored, claims = await _stored_refresh(session, codec, token)
     now = datetime.now(UTC)
     if stored.used_at is not None or stored.revoked_at is not None:
         await _revoke_family(session, stored.family_id, now)
@@ -114,6 +121,8 @@ async def rotate_refresh_token(
             "refresh token was already used or revoked; every session from it is now signed out"
         )
     user = await active_user(session, stored.user_id)
+    if claims.generation != user.token_generation:
+        raise UnauthorizedError(SESSION_ENDED_BY_DISABLING)
     # Conditional update: of two concurrent refreshes with one token, only one may win.
     claimed = await session.execute(
         update(RefreshToken)
@@ -128,7 +137,8 @@ async def rotate_refresh_token(
 
 
 async def revoke_refresh_token(session: AsyncSession, codec: TokenCodec, token: str) -> None:
-    stored = await _stored_refresh(session, codec, token)
+    """Sign out: the family's refresh tokens and the access tokens issued with them end now."""
+    stored, _ = await _stored_refresh(session, codec, token)
     await _revoke_family(session, stored.family_id, datetime.now(UTC))
 
 
@@ -138,6 +148,38 @@ async def _revoke_family(session: AsyncSession, family_id: uuid.UUID, now: datet
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+SESSION_ENDED_BY_DISABLING = "this session ended when the account was disabled; sign in again"
+
+
+async def user_for_access(session: AsyncSession, claims: TokenClaims) -> User:
+    """The account behind an access token, in one query that also asks whether the token's
+    session was signed out (or its refresh token reused): such a token ends with its session."""
+    signed_out = (
+        select(RefreshToken.id)
+        .where(RefreshToken.family_id == claims.family_id, RefreshToken.revoked_at.is_not(None))
+        .exists()
+    )
+    row = (await session.execute(select(User, signed_out).where(User.id == claims.user_id))).first()
+    if row is None:
+        raise UnauthorizedError("the account behind this token no longer exists")
+    user, ended = row
+    if user.disabled:
+        raise ForbiddenError("this account is disabled; ask an administrator")
+    if claims.generation != user.token_generation:
+        raise UnauthorizedError(f"access token rejected: {SESSION_ENDED_BY_DISABLING}")
+    if ended:
+        raise UnauthorizedError("access token rejected: its session was signed out; sign in again")
+    return user
+
+
+def set_disabled(user: User, disabled: bool) -> None:
+    """Disabling ends every session the account had: its tokens carry the old generation, so
+    enabling it again later does not bring them back (API keys are paused, not revoked)."""
+    if disabled and not user.disabled:
+        user.token_generation += 1
+    user.disabled = disabled
 
 
 async def active_user(session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -152,28 +194,119 @@ async def active_user(session: AsyncSession, user_id: uuid.UUID) -> User:
 # --- API keys -------------------------------------------------------------------------------
 
 
+def _grant_scopes(creator: Principal, scopes: list[str]) -> list[str]:
+    if not set(scopes) <= creator.scopes:
+        raise ForbiddenError("a key cannot be given scopes its creator's credentials lack")
+    return sorted(set(scopes))
+
+
+def _grant_expiry(creator: Principal, expires_in_days: int | None, now: datetime) -> datetime:
+    """A key made with a key never outlives it: the default lifetime is cut to the creating
+    key's expiry; asking explicitly for longer is refused."""
+    wanted = now + timedelta(days=expires_in_days or api_keys.DEFAULT_LIFETIME_DAYS)
+    ceiling = creator.api_key_expires_at
+    if ceiling is None or wanted <= ceiling:
+        return wanted
+    if expires_in_days is None:
+        return ceiling
+    days_left = max(int((ceiling - now).total_seconds() // 86400), 0)
+    raise ForbiddenError(
+        f"this API key expires at {ceiling:%Y-%m-%d %H:%M} UTC and a key it creates cannot "
+        f"outlive it: ask for at most {days_left} days, or leave expires_in_days out"
+    )
+
+
+def _grant_rate_limit(creator: Principal, requested: int | None, default: int) -> None:
+    """Only administrators set a key's rate limit; through a key, never above that key's own."""
+    if not creator.is_admin:
+        raise ForbiddenError("only administrators may set a key's rate limit")
+    if creator.api_key_id is None:
+        return
+    own = creator.api_key_rate_limit or default
+    if (requested or default) > own:
+        raise ForbiddenError(
+            f"this API key may make {own} requests per minute; a key it creates or changes "
+            "cannot be given more"
+        )
+
+
+def _inherited_rate_limit(creator: Principal, default: int) -> int | None:
+    """A key made with a key slower than the default passes its own limit on."""
+    own = creator.api_key_rate_limit
+    return own if creator.api_key_id is not None and own is not None and own < default else None
+
+
 async def create_api_key(
     session: AsyncSession,
-    user: User,
+    creator: Principal,
     *,
     name: str,
     scopes: list[str],
-    expires_in_days: int,
+    expires_in_days: int | None = None,
     rate_limit_per_minute: int | None = None,
+    default_rate_limit: int,
 ) -> tuple[ApiKey, str]:
+    """A key for ``creator``'s account that can do no more, and last no longer, than the
+    credentials creating it. ``None`` for expiry or rate limit means "not asked for"."""
+    assert creator.user_id is not None
+    granted = _grant_scopes(creator, scopes)
+    if rate_limit_per_minute is not None:
+        _grant_rate_limit(creator, rate_limit_per_minute, default_rate_limit)
+    else:
+        rate_limit_per_minute = _inherited_rate_limit(creator, default_rate_limit)
+    expires_at = _grant_expiry(creator, expires_in_days, datetime.now(UTC))
+    user = await active_user(session, creator.user_id)
     plaintext = api_keys.generate_key()
     key = ApiKey(
         user_id=user.id,
         name=name,
         prefix=api_keys.visible_prefix(plaintext),
         key_hash=api_keys.hash_key(plaintext),
-        scopes=sorted(set(scopes)),
+        scopes=granted,
         rate_limit_per_minute=rate_limit_per_minute,
-        expires_at=datetime.now(UTC) + timedelta(days=expires_in_days),
+        expires_at=expires_at,
     )
     session.add(key)
     await session.flush()
     return key, plaintext
+
+
+_UNCHANGED: Any = object()
+
+
+async def update_api_key(
+    session: AsyncSession,
+    editor: Principal,
+    key_id: uuid.UUID,
+    *,
+    name: str | None = None,
+    scopes: list[str] | None = None,
+    rate_limit_per_minute: int | None = _UNCHANGED,
+    default_rate_limit: int,
+) -> ApiKey:
+    """Rename a key, or change its scopes or (administrators) rate limit. Through an API key,
+    a key can be widened only up to the editing key and only if it does not outlive it."""
+    key = await get_api_key(session, editor, key_id)
+    granted = _grant_scopes(editor, scopes) if scopes is not None else None
+    widened = granted is not None and not set(granted) <= set(key.scopes)
+    if rate_limit_per_minute is not _UNCHANGED:
+        _grant_rate_limit(editor, rate_limit_per_minute, default_rate_limit)
+        before = key.rate_limit_per_minute or default_rate_limit
+        widened = widened or (rate_limit_per_minute or default_rate_limit) > before
+    ceiling = editor.api_key_expires_at
+    if widened and ceiling is not None and key.expires_at > ceiling:
+        raise ForbiddenError(
+            f"API key {key.id} expires after this one ({ceiling:%Y-%m-%d %H:%M} UTC): this key "
+            "may narrow it but not widen it; use a longer-lived key or sign in"
+        )
+    if name is not None:
+        key.name = name
+    if granted is not None:
+        key.scopes = granted
+    if rate_limit_per_minute is not _UNCHANGED:
+        key.rate_limit_per_minute = rate_limit_per_minute
+    await session.flush()
+    return key
 
 
 async def principal_for_key(
@@ -204,6 +337,7 @@ async def principal_for_key(
         role=user.role,
         api_key_id=key.id,
         api_key_rate_limit=key.rate_limit_per_minute,
+        api_key_expires_at=key.expires_at,
         scopes=frozenset(key.scopes) & ALL_SCOPES,
     )
 

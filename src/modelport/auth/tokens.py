@@ -24,6 +24,8 @@ class TokenClaims:
     token_type: TokenType
     family_id: uuid.UUID | None
     expires_at: datetime
+    # The account's token generation when the token was issued (see User.token_generation).
+    generation: int = 0
 
 
 class TokenCodec:
@@ -50,6 +52,7 @@ class TokenCodec:
         *,
         token_id: uuid.UUID | None = None,
         family_id: uuid.UUID | None = None,
+        generation: int = 0,
     ) -> tuple[str, TokenClaims]:
         now = datetime.now(UTC)
         ttl = self.access_ttl if token_type == "access" else self.refresh_ttl  # noqa: S105
@@ -59,6 +62,7 @@ class TokenCodec:
             token_type=token_type,
             family_id=family_id,
             expires_at=now + ttl,
+            generation=generation,
         )
         payload: dict[str, Any] = {
             "sub": str(user_id),
@@ -69,6 +73,7 @@ class TokenCodec:
             "iat": now,
             "nbf": now,
             "exp": claims.expires_at,
+            "gen": generation,
         }
         if family_id is not None:
             payload["fam"] = str(family_id)
@@ -104,6 +109,9 @@ class TokenCodec:
         if payload.get("typ") != expected_type:
             article = "an" if expected_type == "access" else "a"
             raise InvalidTokenError(f"{article} {expected_type} token is required here")
+        if expected_type == "access" and not ("fam" in payload and "gen" in payload):
+            # Without its session an access token could not be ended by signing out.
+            raise InvalidTokenError("token names no session; refresh it or sign in again")
         try:
             return TokenClaims(
                 user_id=uuid.UUID(payload["sub"]),
@@ -111,6 +119,13 @@ class TokenCodec:
                 token_type=expected_type,
                 family_id=uuid.UUID(payload["fam"]) if "fam" in payload else None,
                 expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+                generation=_generation(payload.get("gen", 0)),
             )
         except (ValueError, TypeError):
             raise InvalidTokenError("token claims are malformed") from None
+
+
+def _generation(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("gen must be a non-negative integer")
+    return value

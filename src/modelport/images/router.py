@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
-from modelport.auth.dependencies import Predictor, SignedInReader, get_principal
+from modelport.auth.dependencies import Predictor, Reader, SignedInReader, get_principal
 from modelport.auth.principal import Principal
 from modelport.dependencies import get_services
 from modelport.http.uploads import read_upload
@@ -25,6 +25,14 @@ from modelport.services import Services
 router = APIRouter(prefix="/api/v1/images/predictions", tags=["images"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 AnyCaller = Annotated[Principal, Depends(get_principal)]
+DeleteToken = Annotated[
+    str | None,
+    Header(
+        alias="X-Delete-Token",
+        max_length=128,
+        description="The delete_token returned when an anonymous upload was made",
+    ),
+]
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -73,13 +81,21 @@ def present(record: ImagePrediction) -> ImagePredictionOut:
     },
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload(request: Request, caller: Predictor, services: ServicesDep) -> ImageAcceptedOut:
+async def upload(
+    request: Request, response: Response, caller: Predictor, services: ServicesDep
+) -> ImageAcceptedOut:
     # The form is read here, not by FastAPI's File(): FastAPI turns every error while parsing
     # into a 400, so an upload streamed past MODELPORT_MAX_UPLOAD_BYTES would not get its 413.
     upload = await read_upload(request, "image")
-    record = await services.images.accept(caller, upload.filename, upload.data)
+    record, delete_token = await services.images.accept(caller, upload.filename, upload.data)
+    if delete_token is not None:
+        response.headers["Cache-Control"] = "no-store"  # the token is shown once
     return ImageAcceptedOut(
-        id=record.id, filename=record.filename, status="pending", job_id=record.job_id
+        id=record.id,
+        filename=record.filename,
+        status="pending",
+        job_id=record.job_id,
+        delete_token=delete_token,
     )
 
 
@@ -102,16 +118,24 @@ async def list_images(
 
 @router.get("/{image_id}", response_model=ImagePredictionOut, summary="One image's result")
 async def get_image(
-    image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep
+    image_id: uuid.UUID, caller: Reader, services: ServicesDep
 ) -> ImagePredictionOut:
     return present(await services.images.get(caller, image_id))
 
 
 @router.put("/{image_id}", response_model=ImagePredictionOut, summary="Record a human correction")
 async def correct_image(
-    image_id: uuid.UUID, body: CorrectionIn, caller: AnyCaller, services: ServicesDep
+    image_id: uuid.UUID,
+    body: CorrectionIn,
+    caller: AnyCaller,
+    services: ServicesDep,
+    delete_token: DeleteToken = None,
 ) -> ImagePredictionOut:
-    record = await services.images.correct(caller, image_id, body.label, body.confidence)
+    """The owner or an administrator (an API key needs 'manage'); for an anonymous upload,
+    whoever holds its delete token."""
+    record = await services.images.correct(
+        caller, image_id, body.label, body.confidence, delete_token
+    )
     return present(record)
 
 
@@ -120,6 +144,10 @@ async def correct_image(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete the result and the stored image",
 )
-async def delete_image(image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep) -> Response:
-    await services.images.delete(caller, image_id)
+async def delete_image(
+    image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep, delete_token: DeleteToken = None
+) -> Response:
+    """The owner or an administrator (an API key needs 'manage'); for an anonymous upload,
+    whoever holds its delete token."""
+    await services.images.delete(caller, image_id, delete_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

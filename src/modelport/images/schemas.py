@@ -16,6 +16,11 @@ class ImageAcceptedOut(BaseModel):
     filename: str
     status: ImageStatus
     job_id: uuid.UUID | None
+    delete_token: str | None = Field(
+        default=None,
+        description="Anonymous uploads only, shown only now: send it as X-Delete-Token to "
+        "correct or delete this upload. Anyone with the id can read the result.",
+    )
 
 
 class CorrectionOut(BaseModel):

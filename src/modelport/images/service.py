@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +17,7 @@ from modelport.auth.principal import Principal
 from modelport.errors import (
     ArtifactIntegrityError,
     BadRequestError,
+    ForbiddenError,
     NotFoundError,
     UnsupportedMediaTypeError,
 )
@@ -54,9 +58,13 @@ class ImageService:
 
     # --- uploads and the background job ---------------------------------------------------
 
-    async def accept(self, caller: Principal, filename: str | None, data: bytes) -> ImagePrediction:
+    async def accept(
+        self, caller: Principal, filename: str | None, data: bytes
+    ) -> tuple[ImagePrediction, str | None]:
         """Check the bytes are an image, store them, and queue the classification in the same
-        transaction as the record, so an accepted upload always gets classified."""
+        transaction as the record, so an accepted upload always gets classified. An anonymous
+        upload also gets a delete token (returned once; only its SHA-256 is kept): with no
+        owner, it is what lets the uploader correct or delete the record later."""
         if not data:
             raise BadRequestError("the uploaded file is empty")
         info = inspect_image(data, self.max_pixels)
@@ -74,6 +82,9 @@ class ImageService:
                 artifact_uri=stored.uri,
                 model_name=DEFAULT_IMAGE_MODEL,
             )
+            delete_token = secrets.token_urlsafe(32) if caller.is_anonymous else None
+            if delete_token is not None:
+                record.delete_token_sha256 = _token_hash(delete_token)
             session.add(record)
             await session.flush()
             job = await jobs.enqueue(
@@ -82,7 +93,7 @@ class ImageService:
             record.job_id = job.id
             await session.commit()
         self.runner.notify()
-        return record
+        return record, delete_token
 
     async def handle_job(self, job: Job) -> dict[str, Any]:
         image_id = uuid.UUID(job.payload["image_id"])
@@ -235,12 +246,42 @@ class ImageService:
             )
             return list(page), int(total or 0)
 
+    async def _changeable(
+        self,
+        session: AsyncSession,
+        caller: Principal,
+        image_id: uuid.UUID,
+        delete_token: str | None,
+    ) -> ImagePrediction:
+        """Reading needs only the id, changing more: the owner or an administrator (with the
+        'manage' scope), or for an anonymous upload the delete token returned with it."""
+        record = await session.get(ImagePrediction, image_id)
+        if record is not None and delete_token is not None and _token_matches(record, delete_token):
+            return record
+        if record is None or not caller.can_access_by_id(record.owner_id):
+            raise NotFoundError(f"image prediction {image_id} not found")
+        if not caller.can_change(record.owner_id):
+            if delete_token is not None:
+                raise ForbiddenError("this delete token does not belong to this image")
+            raise ForbiddenError(
+                "an anonymous upload is corrected or deleted with the X-Delete-Token header "
+                "returned when it was uploaded (or by an administrator)"
+            )
+        if "manage" not in caller.scopes:
+            raise ForbiddenError("this API key lacks the 'manage' scope")
+        return record
+
     async def correct(
-        self, viewer: Principal, image_id: uuid.UUID, label: str, confidence: float
+        self,
+        viewer: Principal,
+        image_id: uuid.UUID,
+        label: str,
+        confidence: float,
+        delete_token: str | None = None,
     ) -> ImagePrediction:
         """Record a person's answer beside the model's, attributed and timestamped."""
         async with self.session_factory() as session:
-            record = await self._get(session, viewer, image_id)
+            record = await self._changeable(session, viewer, image_id, delete_token)
             record.corrected_label = label
             record.corrected_confidence = confidence
             record.corrected_by = viewer.user_id
@@ -248,10 +289,12 @@ class ImageService:
             await session.commit()
             return record
 
-    async def delete(self, viewer: Principal, image_id: uuid.UUID) -> None:
+    async def delete(
+        self, viewer: Principal, image_id: uuid.UUID, delete_token: str | None = None
+    ) -> None:
         """Remove the record and the stored image (unless another record holds the same file)."""
         async with self.session_factory() as session:
-            record = await self._get(session, viewer, image_id)
+            record = await self._changeable(session, viewer, image_id, delete_token)
             uri, sha256 = record.artifact_uri, record.sha256
             await session.delete(record)
             await session.commit()
@@ -260,6 +303,15 @@ class ImageService:
             )
         if not still_used:
             self.store.delete(uri)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_matches(record: ImagePrediction, token: str) -> bool:
+    stored = record.delete_token_sha256
+    return stored is not None and hmac.compare_digest(_token_hash(token), stored)
 
 
 def _apply(record: ImagePrediction, result: Classification) -> None:

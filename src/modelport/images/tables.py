@@ -40,5 +40,7 @@ class ImagePrediction(Base):
     corrected_confidence: Mapped[float | None]
     corrected_by: Mapped[uuid.UUID | None]
     corrected_at: Mapped[datetime | None]
+    # SHA-256 of the token handed to an anonymous uploader, who may then correct or delete it.
+    delete_token_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelport.auth.dependencies import get_principal
-from modelport.auth.principal import Principal
+from modelport.auth.dependencies import Reader
 from modelport.dependencies import get_session
 from modelport.jobs import service
 
@@ -35,7 +34,7 @@ class JobOut(BaseModel):
 @router.get("/{job_id}", response_model=JobOut, summary="A background job's state")
 async def get_job(
     job_id: uuid.UUID,
-    viewer: Annotated[Principal, Depends(get_principal)],
+    viewer: Reader,
     session: Annotated[AsyncSession, Depends(get_session)],
 ) -> JobOut:
     return JobOut.model_validate(await service.get_visible_job(session, viewer, job_id))

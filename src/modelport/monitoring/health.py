@@ -1,13 +1,16 @@
-"""Liveness, readiness and the component view behind them."""
+"""Liveness and readiness for probes (no details); component details and Prometheus metrics
+for operators (the metrics token, or an administrator)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from modelport import __version__
+from modelport.auth.dependencies import IsOperator, require_operator
 from modelport.db.engine import database_is_reachable
 from modelport.dependencies import get_services
 from modelport.monitoring.schemas import ComponentOut, HealthOut, RootStatusOut
@@ -34,9 +37,16 @@ async def ping() -> dict[str, str]:
     return {"ping": "pong"}
 
 
-@router.get("/health", response_model=HealthOut, summary="Each component's state")
-async def health(services: ServicesDep) -> HealthOut:
-    return await _health(services)
+@router.get(
+    "/health",
+    response_model=HealthOut,
+    summary="Each component's state; details (loaded models, cache, log) for operators",
+    description="Operators (the MODELPORT_METRICS_TOKEN as a Bearer token, or an administrator) "
+    "see each component's details; everyone else sees only whether each is up.",
+)
+async def health(services: ServicesDep, operator: IsOperator) -> HealthOut:
+    report = await _health(services)
+    return report if operator else _without_details(report)
 
 
 @router.get("/health/live", summary="Liveness: the process is running")
@@ -51,9 +61,24 @@ async def live() -> dict[str, str]:
     responses={503: {"model": HealthOut, "description": "Not ready"}},
 )
 async def ready(services: ServicesDep) -> JSONResponse:
-    report = await _health(services)
+    # Probes need the verdict, not the details (model names are not everyone's to read).
+    report = _without_details(await _health(services))
     status_code = 200 if report.status == "ok" else 503
     return JSONResponse(report.model_dump(mode="json"), status_code=status_code)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (operators)",
+    description="Series are labelled with model names, so they are for operators only: send "
+    "MODELPORT_METRICS_TOKEN as a Bearer token (Prometheus: `authorization: {credentials: ...}`)"
+    " or an administrator's credentials.",
+    response_class=Response,
+    dependencies=[Depends(require_operator)],
+    responses={401: {"description": "No credentials"}, 403: {"description": "Not an operator"}},
+)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _health(services: Services) -> HealthOut:
@@ -81,3 +106,8 @@ async def _health(services: Services) -> HealthOut:
     }
     healthy = database and bool(loaded)
     return HealthOut(status="ok" if healthy else "degraded", components=components)
+
+
+def _without_details(report: HealthOut) -> HealthOut:
+    components = {name: ComponentOut(status=c.status) for name, c in report.components.items()}
+    return HealthOut(status=report.status, components=components)

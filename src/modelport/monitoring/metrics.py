@@ -1,9 +1,9 @@
-"""Prometheus metrics: what is counted, and the endpoint that exposes it."""
+"""Prometheus metrics: what is counted. GET /metrics (monitoring.health) exposes it to
+operators only, since series are labelled with model names."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Histogram
 
 PREDICTIONS = Counter(
     "modelport_predictions_total",
@@ -16,10 +16,3 @@ PREDICTION_SECONDS = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-
-router = APIRouter(tags=["health"])
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

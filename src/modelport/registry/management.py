@@ -19,19 +19,23 @@ from modelport.registry.tables import Model, ModelAlias, ModelVersion
 from modelport.runtimes.registration import PreparedModel
 from modelport.storage.protocol import ArtifactStore
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 def check_name(name: str, what: str, pattern: re.Pattern[str]) -> None:
-    if not pattern.match(name):
-        raise InvalidInputError(
+    # fullmatch: with match() and "$", "wine-quality\n" would pass as a second wine-quality.
+    if not pattern.fullmatch(name):
+        message = (
             f"{what} {name!r} is not allowed: use 1-64 lowercase letters, digits, '-', '_' "
-            "(and '.' in model names), starting with a letter or digit",
+            "(and '.' in model names), starting with a letter or digit"
+        )
+        raise InvalidInputError(
+            message,
             [
                 {
                     "loc": ["path" if what == "alias" else "body", what.replace(" ", "_")],
-                    "msg": "invalid name",
+                    "msg": message,
                     "type": "string_pattern_mismatch",
                 }
             ],

@@ -81,10 +81,14 @@ async def create_model(body: ModelCreateIn, session: Session, owner: Manager) ->
 
 @router.get("/{name}", response_model=ModelDetailOut, summary="One model with its versions")
 async def get_model(
-    name: ModelName, session: Session, viewer: Reader, include_deleted: bool = False
+    name: ModelName,
+    session: Session,
+    viewer: Reader,
+    include_deleted: Annotated[bool, Query(description="Admins: deleted model/versions")] = False,
 ) -> ModelDetailOut:
-    model = await service.get_visible_model(session, viewer, name, include_deleted=include_deleted)
-    return ModelDetailOut.of(model)
+    deleted = service.shows_deleted(viewer, include_deleted)
+    model = await service.get_visible_model(session, viewer, name, include_deleted=deleted)
+    return ModelDetailOut.of(model, include_deleted=deleted)
 
 
 @router.patch("/{name}", response_model=ModelDetailOut, summary="Change description or visibility")
@@ -237,10 +241,11 @@ async def get_version(
     version: VersionNumber,
     session: Session,
     viewer: Reader,
-    include_deleted: bool = False,
+    include_deleted: Annotated[bool, Query(description="Admins: a deleted version")] = False,
 ) -> VersionOut:
     model = await service.get_visible_model(session, viewer, name)
-    found = service.find_version(model, version, include_deleted=include_deleted)
+    deleted = service.shows_deleted(viewer, include_deleted)
+    found = service.find_version(model, version, include_deleted=deleted)
     return VersionOut.of(found)
 
 

@@ -78,9 +78,11 @@ class ModelDetailOut(ModelOut):
     versions: list[VersionOut]
 
     @classmethod
-    def of(cls, model: Model) -> ModelDetailOut:
+    def of(cls, model: Model, *, include_deleted: bool = False) -> ModelDetailOut:
+        """Deleted versions are listed only when asked for (by an administrator)."""
         summary = ModelOut.of(model).model_dump()
-        return cls(**summary, versions=[VersionOut.of(v) for v in model.versions])
+        shown = [v for v in model.versions if include_deleted or v.deleted_at is None]
+        return cls(**summary, versions=[VersionOut.of(v) for v in shown])
 
 
 class ModelListOut(BaseModel):

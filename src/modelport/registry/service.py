@@ -73,10 +73,15 @@ async def get_visible_model(
     """The model if ``viewer`` may see it; otherwise the same 404 as a missing model. Deleted
     models exist only for admins who ask for them (to restore them)."""
     model = await get_model(session, name)
-    hidden = model.deleted_at is not None and not (include_deleted and viewer.is_admin)
+    hidden = model.deleted_at is not None and not shows_deleted(viewer, include_deleted)
     if hidden or not viewer.can_see(model.owner_id, model.public):
         raise NotFoundError(f"model {name!r} not found")
     return model
+
+
+def shows_deleted(viewer: Principal, include_deleted: bool) -> bool:
+    """``include_deleted`` is an administrator's request; from anyone else it is ignored."""
+    return include_deleted and viewer.is_admin
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,12 @@ from modelport.serving.validation import Rows
 
 EXTENSIONS = ["binary_tensor_data"]
 PLATFORMS = {"onnx": "onnxruntime_onnx"}
-_VERSION = re.compile(r"^[0-9]{1,7}$")
+_VERSION = re.compile(r"[0-9]{1,7}")
 
 
 def parse_version(name: str, version: str) -> int:
     """V2 versions are strings; modelport's are the numbers 1, 2, ... (anything else: 404)."""
-    if not _VERSION.match(version) or int(version) < 1:
+    if not _VERSION.fullmatch(version) or int(version) < 1:
         raise NotFoundError(f"model {name!r} has no version {version!r}")
     return int(version)
 
