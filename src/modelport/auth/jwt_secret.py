@@ -1,4 +1,4 @@
-"""The JWT signing secret: from settings, or generated once and kept in var/ (mode 0600)."""
+"""The JWT signing secret: from settings, or generated once and kept in the var dir (mode 0600)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def load_or_create_secret(configured: str | None, var_dir: Path) -> str:
         return configured
     path = var_dir / "jwt-secret"
     if not path.exists():
-        var_dir.mkdir(parents=True, exist_ok=True)
+        var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # only the server's user reads it
         fd, tmp = tempfile.mkstemp(dir=var_dir, prefix=".jwt-secret-")  # created with mode 0600
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(48))
