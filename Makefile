@@ -34,5 +34,15 @@ test: setup lint
 bench: setup
 	$(BIN)/python benchmarks/bench_wine.py
 
+# Where `make run` keeps its database, artifacts and JWT secret: the directory the server's
+# settings resolve (so MODELPORT_VAR_DIR from the environment or .env counts), or its default
+# when the venv is gone. Never the filesystem root, your home or this checkout.
+VAR_DIR = $(or $(shell test -x $(BIN)/python && $(BIN)/python -c \
+	'from modelport.settings import load_settings; print(load_settings().var_dir)' 2>/dev/null),\
+	$(or $(MODELPORT_VAR_DIR),$(or $(XDG_STATE_HOME),$(HOME)/.local/state)/modelport))
+
+# `var` is where versions before the state directory kept it, inside the checkout.
 clean:
+	@case "$(VAR_DIR)" in ""|/|"$(HOME)"|"$(HOME)/"|"$(CURDIR)") ;; \
+	  *) echo 'rm -rf $(VAR_DIR)'; rm -rf '$(VAR_DIR)';; esac
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

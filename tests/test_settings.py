@@ -3,34 +3,73 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from modelport.auth.jwt_secret import load_or_create_secret
 from modelport.cli import app
 from modelport.settings import Settings, SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No MODELPORT_* variable from the caller's shell, and a working directory without .env."""
+    """No MODELPORT_* variable from the caller's shell, a working directory without .env, and a
+    home of its own (the default var dir is under it)."""
     for name in list(os.environ):
         if name.startswith("MODELPORT_"):
             monkeypatch.delenv(name)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_embedded_defaults_keep_everything_under_var(tmp_path: Path) -> None:
+def test_embedded_defaults_keep_everything_in_the_users_state_directory(tmp_path: Path) -> None:
     settings = load_settings()
 
-    var = (tmp_path / "var").resolve()
+    var = (tmp_path / "home" / ".local" / "state" / "modelport").resolve()
     assert settings.var_dir == var
     assert settings.database_url == f"sqlite+aiosqlite:///{var / 'modelport.db'}"
     assert settings.artifact_store == (var / "artifacts").as_uri()
     assert settings.artifact_store.startswith("file:///")
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+
+
+def test_the_servers_secret_and_database_are_not_in_the_directory_it_runs_from(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whatever resolves a relative path from the working directory (an ONNX model's external
+    data did) finds neither the JWT secret nor the database there."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    settings = load_settings()
+
+    secret = load_or_create_secret(None, settings.var_dir)
+
+    path = settings.var_dir / "jwt-secret"
+    assert path.read_text().strip() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(settings.var_dir.stat().st_mode) == 0o700
+    assert not settings.var_dir.is_relative_to(Path.cwd())
+    assert not Path(settings.database_url.partition(":///")[2]).is_relative_to(Path.cwd())
+    assert not (workdir / "var").exists()
+
+
+def test_xdg_state_home_places_the_var_dir_and_a_relative_one_is_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_settings().var_dir == (tmp_path / "xdg" / "modelport").resolve()
+
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # invalid per the XDG spec
+    assert load_settings().var_dir == (tmp_path / "home" / ".local/state/modelport").resolve()
+
+    monkeypatch.setenv("MODELPORT_VAR_DIR", str(tmp_path / "chosen"))
+    assert load_settings().var_dir == (tmp_path / "chosen").resolve()
 
 
 def test_defaults_follow_the_var_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

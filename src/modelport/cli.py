@@ -49,7 +49,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _make_var_dir(settings: Settings) -> None:
     try:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # secrets live here
     except OSError as exc:
         raise _fail(f"cannot create MODELPORT_VAR_DIR {settings.var_dir}: {exc.strerror}") from None
 

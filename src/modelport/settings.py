@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +32,16 @@ _DATABASE_SCHEMES = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+
+def default_var_dir() -> Path:
+    """The user's state directory, never the working directory: a model file that names a
+    relative path, or anything else that resolves one, must not find the server's database and
+    JWT secret beside it. XDG puts such state (what /var/lib holds for a service) in
+    $XDG_STATE_HOME, ~/.local/state when unset; a relative value is invalid and ignored."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "modelport"
 
 
 class SettingsError(ValueError):
@@ -77,7 +88,9 @@ class Settings(BaseSettings):
     )
 
     var_dir: Path = Field(
-        default=Path("var"), description="Where the embedded defaults keep their files."
+        default_factory=default_var_dir,
+        description="Where the embedded defaults keep their files (SQLite database, artifacts, "
+        "JWT secret); $XDG_STATE_HOME/modelport or ~/.local/state/modelport if unset.",
     )
     database_url: str = Field(default="", description="SQLAlchemy URL; SQLite under var/ if empty.")
     artifact_store: str = Field(

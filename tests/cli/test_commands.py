@@ -281,3 +281,19 @@ def test_a_var_dir_that_cannot_be_created_is_named(cli_env: dict[str, str], tmp_
 
     assert result.exit_code == 1
     assert f"cannot create MODELPORT_VAR_DIR {blocker / 'var'}" in result.stderr
+
+
+def test_by_default_state_goes_to_the_users_state_directory_not_the_working_one(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The database (and the JWT secret beside it) must not be reachable by a relative path
+    from the directory the server runs in."""
+    env: dict[str, str | None] = {**cli_env, "MODELPORT_VAR_DIR": None, "XDG_STATE_HOME": None}
+    env["HOME"] = str(tmp_path / "home")
+
+    result = CliRunner().invoke(app, ["db", "upgrade"], env=env)
+
+    assert result.exit_code == 0, result.output
+    state = tmp_path / "home" / ".local" / "state" / "modelport"
+    assert "models" in _table_names(f"sqlite+aiosqlite:///{state / 'modelport.db'}")
+    assert list(Path.cwd().iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,29 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_iris
 from sklearn.ensemble import (
+    GradientBoostingClassifier,
     HistGradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 
-from modelport.errors import BadRequestError, ForbiddenError, InvalidInputError
+from modelport.errors import (
+    BadRequestError,
+    ForbiddenError,
+    InvalidInputError,
+    ModelUnavailableError,
+)
 from modelport.runtimes.loader import load_runtime
+from modelport.runtimes.native import json_class
 from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
+from tests.runtimes.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
 from tests.runtimes.support import (
     FEATURES,
     assert_classifies_like,
@@ -170,6 +181,65 @@ def test_skops_files_needing_untrusted_code_are_refused(step: Any, named: str) -
         prepare_upload(sio.dumps(model))
 
     assert named in refused.value.message
+
+
+def test_a_skops_file_naming_a_module_that_runs_on_import_is_refused_unimported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trust is decided from the names before any import: importing numpy.f2py.__main__ would
+    run f2py inside the server."""
+    monkeypatch.setattr(sys, "argv", ["f2py"])  # were it ever run again: usage, nothing else
+    monkeypatch.delitem(sys.modules, "numpy.f2py.__main__", raising=False)
+
+    with pytest.raises(BadRequestError, match="does not trust") as refused:
+        prepare_upload(skops_naming(*RUNS_ON_IMPORT))
+
+    assert refused.value.status_code == 400
+    assert "numpy.f2py.__main__.main" in refused.value.message
+    assert "numpy.f2py.__main__" not in sys.modules
+
+
+def test_names_that_trusted_libraries_only_re_export_are_refused(
+    subtests: pytest.Subtests,
+) -> None:
+    """``sklearn.datasets._base.Path`` starts like scikit-learn but is pathlib's Path: a type
+    is trusted by the module that defines it, never by one that imports it."""
+    for (module, name), really in RE_EXPORTS.items():
+        with subtests.test(name=f"{module}.{name}", really=really):
+            with pytest.raises(BadRequestError, match="does not trust") as refused:
+                prepare_upload(skops_naming(module, name))
+            assert f"{module}.{name}" in refused.value.message
+
+
+def test_the_serving_runtime_trusts_stored_skops_files_no_more_than_uploads(
+    monkeypatch: pytest.MonkeyPatch, subtests: pytest.Subtests
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["f2py"])
+    monkeypatch.delitem(sys.modules, "numpy.f2py.__main__", raising=False)
+    for module, name in [RUNS_ON_IMPORT, *RE_EXPORTS]:
+        with (
+            subtests.test(name=f"{module}.{name}"),
+            pytest.raises(ModelUnavailableError, match="does not trust"),
+        ):
+            load_runtime("sklearn", skops_naming(module, name))
+    assert "numpy.f2py.__main__" not in sys.modules
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_scikit_learn_models_made_of_internal_parts_are_trusted() -> None:
+    """Trees, histogram-boosting predictors and binners, losses, neighbour trees, distance
+    metrics and optimizers are not listed as estimators, but fitted models are made of them."""
+    features, labels = classification_data()
+    for model in (
+        HistGradientBoostingClassifier(max_iter=5, random_state=0),
+        GradientBoostingClassifier(n_estimators=5, random_state=0),
+        KNeighborsClassifier(),
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=50, random_state=0),
+    ):
+        model.fit(features, labels)
+        runtime = load_runtime("sklearn", sio.dumps(model))
+        rows = probe_rows(5)
+        assert [json_class(v) for v in runtime.predict(rows)] == model.predict(rows).tolist()
 
 
 def test_numpy_ufuncs_in_a_skops_pipeline_are_trusted() -> None:

@@ -10,6 +10,7 @@ and the same ``predict`` / ``predict_outputs`` as the ONNX runtime:
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import warnings
+import zipfile
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -30,8 +32,8 @@ CLASSIFICATION: Task = "classification"
 REGRESSION: Task = "regression"
 NATIVE_FLAVORS = ("sklearn", "sklearn-pickle", "xgboost", "lightgbm")
 
-# skops files may only need classes from these packages (and NumPy ufuncs such as np.log1p).
-TRUSTED_ROOTS = ("sklearn", "numpy", "scipy")
+# The libraries whose types a skops file may name (see ``trusted_types``).
+TRUSTED_LIBRARIES = ("sklearn", "numpy", "scipy")
 
 # A model fitted on a DataFrame warns on every plain array; the columns arrive in its order.
 warnings.filterwarnings(
@@ -181,47 +183,163 @@ class PickledSklearnRuntime(SklearnRuntime):
 
 
 def load_skops(data: bytes) -> Any:
-    """Load a skops file trusting only what it needs from scikit-learn, NumPy and SciPy."""
-    sio = import_skops_io()
+    """Load a skops file whose every type is on the allow-list (see ``trusted_types``).
 
+    Trust is decided from the names the file gives, before anything is imported: a file cannot
+    make the server import a module (importing one can run it) just by naming it.
+    """
+    _refuse_untrusted(_skops_type_names(data))
+    sio = import_skops_io()
     try:
+        # skops's own audit adds the bound methods and bit generators a schema names in values.
         needed = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops raises many types for damaged archives
         raise BadRequestError(f"the skops file cannot be read: {exc}") from None
-    refused = [name for name in needed if not trustable(name)]
-    if refused:
-        raise BadRequestError(
-            f"the skops file needs {', '.join(refused[:10])}, which modelport does not trust: "
-            "only classes from scikit-learn, NumPy and SciPy (and NumPy ufuncs) are accepted"
-        )
+    _refuse_untrusted(set(needed))
     try:
         return sio.loads(data, trusted=needed)
     except Exception as exc:
         raise BadRequestError(f"the skops file cannot be loaded: {exc}") from None
 
 
-def trustable(name: str) -> bool:
-    """A class (or NumPy ufunc) from scikit-learn, NumPy or SciPy; never other functions."""
-    if name.split(".", 1)[0] not in TRUSTED_ROOTS:
-        return False
-    with without_torch():  # a name under sklearn.externals could otherwise pull torch in
-        found = _resolve(name)
-    return isinstance(found, type | np.ufunc)
+def _refuse_untrusted(names: set[str]) -> None:
+    refused = sorted(name for name in names if not _is_trusted(name))
+    if refused:
+        raise BadRequestError(
+            f"the skops file needs {', '.join(refused[:10])}, which modelport does not trust: "
+            "only scikit-learn estimators and the parts they are made of, NumPy and SciPy "
+            "arrays and NumPy/SciPy ufuncs are accepted; save a model built from those"
+        )
 
 
-def _resolve(name: str) -> Any:
-    parts = name.split(".")
-    for split in range(len(parts), 0, -1):
+def _skops_type_names(data: bytes) -> set[str]:
+    """Every ``module.name`` the file's schema refers to, read as JSON (nothing is imported)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError) as exc:
+        raise BadRequestError(f"the skops file cannot be read: {exc}") from None
+    names: set[str] = set()
+    pending = [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            module, name = item.get("__module__"), item.get("__class__")
+            if module is not None or name is not None:
+                names.add(f"{module}.{name}")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return names
+
+
+def _is_trusted(name: str) -> bool:
+    """On the allow-list, and importing it gives exactly the object the list was built from."""
+    allowed = trusted_types().get(name)
+    if allowed is None:
+        return False  # decided from the name alone: nothing was imported
+    module_name, _, attribute = name.rpartition(".")
+    module = importlib.import_module(module_name)  # already loaded: the list was built from it
+    return getattr(module, attribute, None) is allowed
+
+
+# Types fitted estimators are made of besides other estimators: module -> class names, or None
+# for every class that module itself defines (classes it imports from elsewhere never count).
+_SKLEARN_PARTS: dict[str, tuple[str, ...] | None] = {
+    "sklearn.tree._tree": ("Tree",),
+    "sklearn.ensemble._hist_gradient_boosting.binning": ("_BinMapper",),
+    "sklearn.ensemble._hist_gradient_boosting.predictor": ("TreePredictor",),
+    "sklearn._loss.loss": None,
+    "sklearn._loss.link": None,
+    "sklearn._loss._loss": None,
+    "sklearn.linear_model._sgd_fast": None,
+    "sklearn.neighbors._kd_tree": ("KDTree",),
+    "sklearn.neighbors._ball_tree": ("BallTree",),
+    "sklearn.metrics._dist_metrics": None,
+    "sklearn.gaussian_process.kernels": None,
+    "sklearn.gaussian_process._gpc": ("_BinaryGaussianProcessClassifierLaplace",),
+    "sklearn.neural_network._stochastic_optimizers": None,
+    "sklearn.calibration": ("_CalibratedClassifier", "_SigmoidCalibration"),
+    "sklearn.cluster._bisect_k_means": ("_BisectingTree",),
+}
+# The plain values and containers skops writes.
+_BUILTINS = (bool, int, float, complex, str, bytes, bytearray, list, tuple, set, dict, slice)
+
+
+@functools.cache
+def trusted_types() -> dict[str, Any]:
+    """What a skops file may name: ``module.name`` as skops writes it -> the object.
+
+    Built once from the installed libraries, never from a file: every estimator scikit-learn
+    lists, the parts estimators are made of (``_SKLEARN_PARTS``), NumPy's array, dtype, scalar
+    and random-state types, SciPy's sparse matrices, NumPy and SciPy ufuncs, and the built-in
+    containers. A class is keyed by the module that defines it (its real ``__module__``), so a
+    name under which some other module merely re-exports it is not on the list.
+    """
+    with without_torch():  # listing estimators imports every scikit-learn module
+        from sklearn.utils.discovery import all_estimators
+
+        estimators = [cls for _, cls in all_estimators()]
+    import scipy.sparse  # type: ignore[import-untyped]
+    import scipy.special  # type: ignore[import-untyped]
+
+    classes: list[type] = [*_BUILTINS, *estimators, *_sklearn_parts()]
+    classes += [np.ndarray, np.dtype, np.ma.MaskedArray, *np.sctypeDict.values()]
+    classes += [c for c in vars(np.dtypes).values() if isinstance(c, type)]
+    classes += [np.random.RandomState, np.random.Generator, np.random.SeedSequence]
+    classes += [
+        c
+        for c in vars(np.random).values()
+        if isinstance(c, type) and issubclass(c, np.random.BitGenerator)
+    ]
+    classes += [
+        c
+        for c in vars(scipy.sparse).values()
+        if isinstance(c, type) and issubclass(c, scipy.sparse.sparray | scipy.sparse.spmatrix)
+    ]
+    trusted: dict[str, Any] = {
+        f"{cls.__module__}.{cls.__name__}": cls
+        for cls in classes
+        if cls.__module__.split(".", 1)[0] in (*TRUSTED_LIBRARIES, "builtins")
+    }
+    trusted.update(_ufuncs(np, scipy.special))
+    return trusted
+
+
+def _sklearn_parts() -> list[type]:
+    found: list[type] = []
+    for module_name, names in _SKLEARN_PARTS.items():
         try:
-            found: Any = importlib.import_module(".".join(parts[:split]))
-        except Exception:  # noqa: S112 - not a module: try the shorter prefix
+            module = importlib.import_module(module_name)
+        except ImportError:  # an older or newer scikit-learn without this module
             continue
-        for attribute in parts[split:]:
-            found = getattr(found, attribute, None)
-            if found is None:
-                return None
-        return found
-    return None
+        defined = {
+            name: value
+            for name, value in vars(module).items()
+            if isinstance(value, type) and value.__module__ == module_name
+        }
+        found += [defined[n] for n in names if n in defined] if names else list(defined.values())
+    return found
+
+
+def _ufuncs(*namespaces: Any) -> dict[str, Any]:
+    """Ufuncs under every name skops may have written for them. skops names a ufunc by the
+    first loaded module it finds it in, which differs between processes (SciPy's live in
+    private modules), so each NumPy or SciPy module already loaded that holds one counts."""
+    ufuncs = {
+        id(value): value
+        for namespace in namespaces
+        for value in vars(namespace).values()
+        if isinstance(value, np.ufunc)
+    }
+    names: dict[str, Any] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or module_name.split(".", 1)[0] not in ("numpy", "scipy"):
+            continue
+        for attribute, value in list(getattr(module, "__dict__", {}).items()):
+            if id(value) in ufuncs and attribute == value.__name__:
+                names[f"{module_name}.{attribute}"] = value
+    return names
 
 
 def load_pickle(data: bytes) -> Any:

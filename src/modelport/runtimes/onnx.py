@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+from modelport.errors import BadRequestError
+from modelport.runtimes.onnx_contents import refuse_external_data
+
+_EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -15,17 +23,30 @@ _NUMPY_TYPES: dict[str, type[np.generic]] = {
 }
 
 
+def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # Should a tensor with external data ever get past the check in OnnxRuntime: loaded from
+    # bytes, ONNX Runtime (1.32) refuses absolute locations and relative ones that leave its
+    # folder, but reads relative ones inside it, and that folder is the working directory
+    # unless this entry names another. /dev/null is not a directory, so no location can name a
+    # file under it (tried for relative, absolute and ".." locations, in subgraphs too).
+    options.add_session_config_entry(_EXTERNAL_DATA_FOLDER, os.devnull)
+    return options
+
+
 class OnnxRuntime:
     """A loaded ONNX model with one numeric input. ``predict`` is thread-safe."""
 
     flavor = "onnx"
 
     def __init__(self, model_bytes: bytes, intra_op_threads: int = 1) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
+        # Uploads are checked for external data, but a stored artifact is checked again here,
+        # so nothing that reaches the runtime by another way can make it read a file.
+        refuse_external_data(_parse(model_bytes))
         self._session = ort.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
+            model_bytes, session_options(intra_op_threads), providers=["CPUExecutionProvider"]
         )
         (model_input,) = self._session.get_inputs()
         self.input_name: str = model_input.name
@@ -48,6 +69,13 @@ class OnnxRuntime:
 
     def _feed(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return {self.input_name: np.ascontiguousarray(features, dtype=self.input_dtype)}
+
+
+def _parse(model_bytes: bytes) -> onnx.ModelProto:
+    try:
+        return onnx.load_from_string(model_bytes)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise BadRequestError(f"not a valid ONNX model: {exc}") from None
 
 
 def _as_array(value: Any) -> np.ndarray:

