@@ -21,7 +21,7 @@ import pytest
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
-from tests.helpers import WINE_ROW, register_trained
+from tests.helpers import METRICS_TOKEN, OPERATOR, WINE_ROW, register_trained
 
 MODELPORT = Path(sys.executable).with_name("modelport")
 STARTUP_DEADLINE_SECONDS = 120.0  # a hang guard, not a performance requirement
@@ -88,6 +88,7 @@ def start_server(tmp_path: Path, wine_home: Path) -> Iterator[Callable[..., Serv
             MODELPORT_LOG_FORMAT="text",
             # Only the shutdown flush can write the log rows within this test.
             MODELPORT_PREDICTION_LOG_FLUSH_SECONDS="3600",
+            MODELPORT_METRICS_TOKEN=METRICS_TOKEN,  # which models are loaded is for operators
         )
         env.update(extra_env or {})
         log_path = tmp_path / f"serve-{len(servers)}.log"
@@ -140,8 +141,9 @@ def test_serve_predicts_and_flushes_the_log_on_sigterm(
     port = free_port()
     server = start_server("--port", str(port), port=port)
 
-    ready = server.wait_until_ready()
-    assert ready.json()["components"]["models"]["detail"]["loaded"] == ["wine-quality:1"]
+    server.wait_until_ready()
+    health = httpx.get(f"{server.base_url}/health", headers=OPERATOR, timeout=5)
+    assert health.json()["components"]["models"]["detail"]["loaded"] == ["wine-quality:1"]
 
     response = httpx.post(
         f"{server.base_url}/predict", json=WINE_ROW, headers={"X-Request-ID": "sigterm-test-1"}

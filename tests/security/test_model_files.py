@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from modelport.app import create_app
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.registry import service as registry
-from modelport.registry.artifacts import open_artifact_store
 from modelport.runtimes.registration import infer_onnx_signature
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import bearer, run
 from tests.runtimes.hostile_onnx import SECRET_MARKER, VARIANTS, hostile_onnx, plant_secrets
 from tests.runtimes.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
@@ -96,7 +96,7 @@ def store_directly(
             async with create_session_factory(engine)() as session:
                 await registry.register_version(
                     session,
-                    open_artifact_store(attacker.settings.artifact_store),
+                    open_artifact_store(attacker.settings),
                     model_name=name,
                     task="regression",
                     artifact=data,
