@@ -73,8 +73,11 @@ class Services:
             session_factory,
             spool_path=settings.prediction_log_spool,
             buffer_size=settings.prediction_log_buffer,
+            buffer_bytes=settings.prediction_log_buffer_bytes,
             batch_size=settings.prediction_log_batch,
             flush_interval=settings.prediction_log_flush_seconds,
+            max_field_bytes=settings.prediction_log_max_field_bytes,
+            retention_days=settings.prediction_log_retention_days,
         )
         predictions = PredictionService(resolver, models, log, settings.max_batch_rows)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None

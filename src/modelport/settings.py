@@ -130,8 +130,25 @@ class Settings(BaseSettings):
     )
 
     prediction_log_buffer: int = Field(default=10_000, ge=1, description="Rows held in memory.")
-    prediction_log_batch: int = Field(default=500, ge=1, description="Rows per INSERT.")
-    prediction_log_flush_seconds: float = Field(default=0.5, gt=0)
+    prediction_log_buffer_bytes: int = Field(
+        default=64 * 1_048_576,
+        ge=16 * 1024,
+        description="Memory for log rows not yet in the database; past it rows go to the spool.",
+    )
+    prediction_log_batch: int = Field(
+        default=500, ge=1, le=10_000, description="Rows per COPY (PostgreSQL) or INSERT (SQLite)."
+    )
+    prediction_log_flush_seconds: float = Field(
+        default=0.1, gt=0, le=3600, description="Longest a logged row waits before it is written."
+    )
+    prediction_log_max_field_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        description="Inputs or outputs whose JSON is larger are logged as their size and sha256.",
+    )
+    prediction_log_retention_days: int = Field(
+        default=90, ge=0, description="Log rows older than this are deleted; 0 keeps them forever."
+    )
     shutdown_flush_seconds: float = Field(default=10.0, ge=0)
 
     # Accounts and tokens

@@ -12,6 +12,8 @@ class TcpProxy:
 
     ``stop()`` closes the listening socket and cuts every open connection (new connections are
     refused, pooled ones die); ``start()`` again listens on the same port.
+    ``swallow_replies_after(marker)`` loses the server's answers on a connection from the first
+    one holding ``marker`` on: the server did the work, its client never hears of it.
     """
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
@@ -21,6 +23,9 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._acceptor: threading.Thread | None = None
+        self._marker: bytes | None = None
+        self._deaf: set[socket.socket] = set()  # clients whose answers are being swallowed
+        self.swallowed = threading.Event()
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -41,8 +46,15 @@ class TcpProxy:
         with self._lock:
             connections = list(self._connections)
             self._connections.clear()
+            self._deaf.clear()
         for connection in connections:
             _close(connection)
+
+    def swallow_replies_after(self, marker: bytes) -> None:
+        """Once: the next answer holding ``marker``, and every later one on its connection,
+        is dropped instead of forwarded."""
+        self.swallowed.clear()
+        self._marker = marker
 
     def _accept(self, listener: socket.socket) -> None:
         with listener:
@@ -60,17 +72,35 @@ class TcpProxy:
                 upstream.settimeout(None)
                 with self._lock:
                     self._connections.update((client, upstream))
-                for source, target in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+                for source, target, replies in (
+                    (client, upstream, False),
+                    (upstream, client, True),
+                ):
+                    threading.Thread(
+                        target=self._pump, args=(source, target, replies), daemon=True
+                    ).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if replies and self._swallows(target, data):
+                    continue
                 target.sendall(data)
         for connection in (source, target):
             with self._lock:
                 self._connections.discard(connection)
             _close(connection)
+
+    def _swallows(self, client: socket.socket, data: bytes) -> bool:
+        with self._lock:
+            if client in self._deaf:
+                return True
+            if self._marker is None or self._marker not in data:
+                return False
+            self._marker = None
+            self._deaf.add(client)
+        self.swallowed.set()
+        return True
 
 
 def _close(connection: socket.socket) -> None:

@@ -6,7 +6,9 @@ database once it is back, or reach it through the spool file after a shutdown.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,9 +16,17 @@ from sqlalchemy import make_url
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
+from modelport.db.engine import create_engine, create_session_factory
+from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.settings import Settings
-from tests.helpers import WINE_ROW, flush_log, register_trained, wait_until_ready
-from tests.monitoring.support import count_rows, wait_for
+from tests.helpers import WINE_ROW, flush_log, register_trained, run, wait_until_ready
+from tests.monitoring.support import (
+    count_rows,
+    count_rows_async,
+    eventually,
+    log_entries,
+    wait_for,
+)
 from tests.monitoring.tcp_proxy import TcpProxy
 
 # PostgreSQL only: the database must be a server that can vanish behind the proxy.
@@ -117,3 +127,40 @@ def test_predictions_are_answered_during_an_outage_past_the_registry_cache(
         predict(client)
         proxy.stop()
         predict(client)
+
+
+def test_rows_whose_commit_answer_was_lost_are_written_exactly_once(
+    proxy: TcpProxy, database_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL commits a batch, then the connection dies before the writer hears so. The
+    writer must write the batch again only where it is missing: no duplicates, no stuck log."""
+    rows = log_entries(20)
+    request_ids = [entry.request_id for entry in rows]
+    proxied = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+
+    async def committed() -> bool:
+        return await count_rows_async(database_url, request_ids) == dict.fromkeys(request_ids, 1)
+
+    async def scenario() -> None:
+        engine = create_engine(proxied.render_as_string(hide_password=False))
+        writer = PredictionLogWriter(
+            create_session_factory(engine), spool_path=tmp_path / "spool.jsonl", flush_interval=0.05
+        )
+        proxy.swallow_replies_after(b"COMMIT\x00")  # the tag of COMMIT's answer
+        writer.start()
+        try:
+            for entry in rows:
+                writer.record(entry)
+            await eventually(committed, what="the batch to be committed")
+            assert proxy.swallowed.is_set()
+            await asyncio.to_thread(proxy.stop)  # the writer is still waiting for the answer
+            await asyncio.to_thread(proxy.start)
+            await writer.flush()
+            assert writer.buffered == 0
+        finally:
+            await writer.close(timeout=10)
+            await engine.dispose()
+
+    run(scenario())
+
+    assert count_rows(database_url, request_ids) == dict.fromkeys(request_ids, 1)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
@@ -21,7 +25,25 @@ from tests.helpers import (
     services_of,
     wait_until_ready,
 )
-from tests.monitoring.support import count_rows
+from tests.monitoring.support import count_rows, log_entries, metric, wait_for, write_entries
+
+NOT_STORED = "modelport_prediction_log_not_stored_total"
+SPOOLED = "modelport_prediction_log_spooled_rows_total"
+WRITTEN = "modelport_prediction_log_written_rows_total"
+BUFFERED_ROWS = "modelport_prediction_log_buffered_rows"
+BUFFERED_BYTES = "modelport_prediction_log_buffered_bytes"
+JSON_TYPE = {"content-type": "application/json"}
+
+
+def scraped(client: TestClient, name: str, **labels: str) -> float:
+    """One sample as a Prometheus server reads it from ``/metrics``."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} is not in /metrics")
 
 
 def only_row(client: TestClient, request_id: str) -> dict[str, Any]:
@@ -154,3 +176,122 @@ def test_rows_beyond_the_memory_buffer_go_to_the_spool_and_reach_the_database(
         flush_log(client)
         assert count_rows(database_url, request_ids) == dict.fromkeys(request_ids, 1)
         assert not spool.exists()
+
+
+def test_inputs_over_the_size_limit_are_stored_as_their_size_and_sha256(
+    start_client: Callable[..., TestClient],
+) -> None:
+    with start_client(prediction_log_max_field_bytes=1024) as client:
+        wait_until_ready(client)
+        small = client.post("/predict", json=WINE_ROW)
+        sent = {"inputs": [WINE_ROW] * 10}
+        large = client.post("/api/v1/models/wine-quality/predict", json=sent)
+        assert small.status_code == large.status_code == 200
+
+        assert only_row(client, small.headers["x-request-id"])["inputs"] == WINE_ROW
+        row = only_row(client, large.headers["x-request-id"])
+        # The hash of the body's compact JSON: whoever kept the request can prove it was this one.
+        compact = orjson.dumps(sent)
+        assert row["inputs"] == {
+            "not_stored": "too_large",
+            "bytes": len(compact),
+            "sha256": hashlib.sha256(compact).hexdigest(),
+        }
+        assert len(row["outputs"]) == 10  # the answer is small enough to keep whole
+        assert row["status"] == "success"
+
+
+def test_outputs_over_the_size_limit_are_stored_as_their_size_and_sha256(
+    start_client: Callable[..., TestClient],
+) -> None:
+    with start_client(prediction_log_max_field_bytes=1024) as client:
+        wait_until_ready(client)
+        response = client.post(
+            "/api/v1/models/wine-quality/predict", json={"inputs": [WINE_ROW] * 40}
+        )
+        assert response.status_code == 200
+        outputs = [
+            {"predicted_quality": p["predicted_quality"]} for p in response.json()["predictions"]
+        ]
+
+        row = only_row(client, response.headers["x-request-id"])
+        assert row["outputs"]["not_stored"] == "too_large"
+        assert row["outputs"]["bytes"] == len(orjson.dumps(outputs))
+        assert row["outputs"]["sha256"] == hashlib.sha256(orjson.dumps(outputs)).hexdigest()
+
+
+def test_a_body_sent_to_an_unknown_model_is_counted_not_stored(client: TestClient) -> None:
+    before = metric(NOT_STORED, field="inputs", reason="model_not_resolved")
+    body = {"inputs": [{"padding": "z" * 1000}] * 200}  # about 200 KB
+    response = client.post("/api/v1/models/no-such-model/predict", json=body)
+    assert response.status_code == 404
+
+    row = only_row(client, response.headers["x-request-id"])
+    assert row["model_name"] == "no-such-model"
+    assert row["status"] == "error"
+    assert row["inputs"] == {
+        "not_stored": "model_not_resolved",
+        "bytes": len(orjson.dumps(body)),
+        "sha256": hashlib.sha256(orjson.dumps(body)).hexdigest(),
+    }
+    assert metric(NOT_STORED, field="inputs", reason="model_not_resolved") == before + 1
+    assert scraped(client, NOT_STORED, field="inputs", reason="model_not_resolved") >= 1
+
+
+def test_an_unparseable_body_is_counted_and_logged_with_a_marker(client: TestClient) -> None:
+    before = metric(NOT_STORED, field="inputs", reason="unparseable")
+    response = client.post(
+        "/predict", content=b'{"alcohol": 9.4, ' + b"x" * 5000, headers=JSON_TYPE
+    )
+    assert response.status_code == 422
+
+    row = only_row(client, response.headers["x-request-id"])
+    assert row["status"] == "invalid_input"
+    assert row["inputs"] == {"not_stored": "unparseable"}
+    assert "not valid JSON" in row["error"]
+    assert metric(NOT_STORED, field="inputs", reason="unparseable") == before + 1
+
+
+def test_the_log_buffer_and_spool_are_exposed_as_metrics(
+    start_client: Callable[..., TestClient],
+) -> None:
+    with start_client(prediction_log_buffer=2, prediction_log_flush_seconds=3600) as client:
+        wait_until_ready(client)
+        spooled_before = scraped(client, SPOOLED, reason="buffer_full")
+        written_before = scraped(client, WRITTEN)
+        rows_before = scraped(client, BUFFERED_ROWS)
+        bytes_before = scraped(client, BUFFERED_BYTES)
+        for _ in range(5):
+            assert client.post("/predict", json=WINE_ROW).status_code == 200
+
+        # The third row found the buffer full (two rows) and went on to the spool file.
+        assert scraped(client, SPOOLED, reason="buffer_full") - spooled_before >= 1
+        flush_log(client)
+        assert scraped(client, BUFFERED_ROWS) == rows_before
+        assert scraped(client, BUFFERED_BYTES) == bytes_before
+        assert scraped(client, WRITTEN) - written_before >= 5
+
+
+def test_retention_deletes_only_rows_older_than_the_retention_period(
+    start_client: Callable[..., TestClient], database_url: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    # More old rows than one delete removes: they go in several batches.
+    ancient = log_entries(2500, created_at=now - timedelta(days=400))
+    expired = log_entries(3, created_at=now - timedelta(days=31))
+    kept = log_entries(3, created_at=now - timedelta(days=29))
+    write_entries(database_url, tmp_path / "seed.jsonl", [*ancient, *expired, *kept])
+    old_ids = [entry.request_id for entry in [*ancient, *expired]]
+    kept_ids = [entry.request_id for entry in kept]
+
+    with start_client(prediction_log_retention_days=30) as client:
+        wait_until_ready(client)
+        wait_for(
+            lambda: sum(count_rows(database_url, old_ids).values()) == 0,
+            what="the background task to delete the expired rows",
+        )
+        answered = client.post("/predict", json=WINE_ROW).headers["x-request-id"]
+        flush_log(client)
+
+    assert count_rows(database_url, kept_ids) == dict.fromkeys(kept_ids, 1)
+    assert count_rows(database_url, [answered]) == {answered: 1}
