@@ -37,7 +37,7 @@ JSON_TYPE = {"content-type": "application/json"}
 
 def scraped(client: TestClient, name: str, **labels: str) -> float:
     """One sample as a Prometheus server reads it from ``/metrics``."""
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=OPERATOR)
     assert response.status_code == 200
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
