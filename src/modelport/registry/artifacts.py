@@ -13,6 +13,15 @@ from urllib.parse import unquote, urlsplit
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
 from modelport.settings import Settings, load_settings
 
+# What callers are told (a model version's file or an uploaded image); where the file is (a
+# server path, a bucket and key) is logged, never sent.
+MISSING = "the stored file is missing from the artifact store; it must be uploaded again"
+CHANGED = (
+    "the stored file failed its sha256 check (it was changed after it was stored) and will "
+    "not be served"
+)
+OUTSIDE_STORE = "the stored file is not inside the configured artifact store"
+
 
 @dataclass(frozen=True)
 class StoredArtifact:
@@ -58,14 +67,11 @@ class LocalArtifactStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ModelUnavailableError(
-                f"artifact {uri} is missing from the store; re-register this model version"
-            ) from None
+            raise ModelUnavailableError(MISSING, internal=f"artifact {uri} is missing") from None
         actual = sha256_hex(data)
         if actual != sha256:
             raise ArtifactIntegrityError(
-                f"artifact {uri} failed its sha256 check (expected {sha256}, found {actual}); "
-                "it was changed after registration and will not be served"
+                CHANGED, internal=f"artifact {uri}: expected sha256 {sha256}, found {actual}"
             )
         return data
 
@@ -77,7 +83,9 @@ class LocalArtifactStore:
         parts = urlsplit(uri)
         path = Path(unquote(parts.path)).resolve()
         if parts.scheme != "file" or not path.is_relative_to(self.root):
-            raise ModelUnavailableError(f"artifact {uri} is not inside this store ({self.root})")
+            raise ModelUnavailableError(
+                OUTSIDE_STORE, internal=f"artifact {uri} is not inside {self.root}"
+            )
         return path
 
 

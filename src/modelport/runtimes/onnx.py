@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from modelport.errors import ModelRunError
+
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
     "tensor(double)": np.float64,
@@ -36,15 +38,21 @@ class OnnxRuntime:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Run the model on a batch (e.g. rows x features); returns the first output."""
-        (result, *_) = self._session.run(self.output_names[:1], self._feed(features))
+        (result, *_) = self._run(self.output_names[:1], self._feed(features))
         return _as_array(result)
 
     def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Every output by name (a classifier's labels and probabilities, for example)."""
-        results = self._session.run(None, self._feed(features))
+        results = self._run(None, self._feed(features))
         return {
             name: _as_array(value) for name, value in zip(self.output_names, results, strict=True)
         }
+
+    def _run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[Any]:
+        try:
+            return list(self._session.run(names, feed))
+        except Exception as exc:  # a node failed inside the graph: the model's fault
+            raise ModelRunError(f"ONNX Runtime: {exc}") from exc
 
     def _feed(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return {self.input_name: np.ascontiguousarray(features, dtype=self.input_dtype)}
