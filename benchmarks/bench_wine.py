@@ -120,7 +120,7 @@ def running_server(settings: Settings, port: int, workers: int, log: Path) -> It
     env = dict(os.environ)
     env.update(
         MODELPORT_VAR_DIR=str(settings.var_dir),
-        MODELPORT_DATABASE_URL=settings.database_url,
+        MODELPORT_DATABASE_URL=settings.database_url.get_secret_value(),
         MODELPORT_ARTIFACT_STORE=settings.artifact_store,
         # The load comes from one address; the anonymous rate limit would measure itself.
         MODELPORT_RATE_LIMIT_ANONYMOUS_PER_MINUTE=env.get(

@@ -32,7 +32,7 @@ def test_embedded_defaults_keep_everything_in_the_users_state_directory(tmp_path
 
     var = (tmp_path / "home" / ".local" / "state" / "modelport").resolve()
     assert settings.var_dir == var
-    assert settings.database_url == f"sqlite+aiosqlite:///{var / 'modelport.db'}"
+    assert settings.database_url.get_secret_value() == f"sqlite+aiosqlite:///{var / 'modelport.db'}"
     assert settings.artifact_store == (var / "artifacts").as_uri()
     assert settings.artifact_store.startswith("file:///")
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
@@ -77,7 +77,9 @@ def test_defaults_follow_the_var_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
     settings = load_settings()
 
-    assert settings.database_url.endswith(f"{tmp_path / 'state' / 'modelport.db'}")
+    assert settings.database_url.get_secret_value().endswith(
+        f"{tmp_path / 'state' / 'modelport.db'}"
+    )
     assert settings.artifact_store == (tmp_path / "state" / "artifacts").as_uri()
 
 
@@ -108,7 +110,10 @@ def test_dot_env_file_is_read_and_the_environment_wins(
     settings = load_settings()
 
     assert settings.port == 8123
-    assert settings.database_url == "postgresql+asyncpg://app@db.internal:5432/modelport"
+    assert (
+        settings.database_url.get_secret_value()
+        == "postgresql+asyncpg://app@db.internal:5432/modelport"
+    )
     assert settings.workers == 2
 
 
@@ -127,7 +132,7 @@ def test_database_urls_get_their_async_driver(
 ) -> None:
     monkeypatch.setenv("MODELPORT_DATABASE_URL", given)
 
-    assert load_settings().database_url == expected
+    assert load_settings().database_url.get_secret_value() == expected
 
 
 def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

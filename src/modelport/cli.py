@@ -64,7 +64,9 @@ def _database_errors(settings: Settings) -> Iterator[None]:
         yield
     except (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror) as exc:
         reason = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        where = make_url(settings.database_url.get_secret_value()).render_as_string(
+            hide_password=True
+        )
         raise _fail(
             f"cannot use the database {where} ({reason or type(reason).__name__}); "
             "check MODELPORT_DATABASE_URL and that the database server is running"

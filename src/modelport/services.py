@@ -89,7 +89,9 @@ class Services:
             refresh_ttl=timedelta(days=settings.refresh_token_days),
         )
         redis = (
-            Redis.from_url(settings.redis_url, socket_timeout=0.5) if settings.redis_url else None
+            Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=0.5)
+            if settings.redis_url is not None
+            else None
         )
         buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
         runner = JobRunner(
@@ -167,7 +169,12 @@ class Services:
                 except Exception as exc:  # one broken model must not keep the others out
                     logger.error(
                         "could not load model",
-                        extra={"model": ref.model_name, "version": ref.version, "error": str(exc)},
+                        extra={
+                            "model": ref.model_name,
+                            "version": ref.version,
+                            "error": str(exc),
+                            "internal": getattr(exc, "internal", None),  # the cause, for us
+                        },
                     )
             logger.info("preloaded production models", extra={"models": len(self.models.loaded())})
             return

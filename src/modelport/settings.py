@@ -48,6 +48,12 @@ class SettingsError(ValueError):
     """A setting is wrong; the message names the environment variable to fix."""
 
 
+# URLs may carry a password: errors about them never quote the URL or any part of it.
+_URL_ENCODING_HINT = (
+    "percent-encode any @ : / ? # in the user name or password (as %40 %3A %2F %3F %23)"
+)
+
+
 def normalize_database_url(url: str) -> str:
     """Map ``sqlite://`` / ``postgresql://`` URLs to their async-driver form, refuse the rest."""
     scheme, sep, rest = url.partition("://")
@@ -56,7 +62,43 @@ def normalize_database_url(url: str) -> str:
             "must be a SQLite or PostgreSQL URL such as sqlite+aiosqlite:////abs/path.db "
             "or postgresql+asyncpg://user@host/db"
         )
-    return f"{_DATABASE_SCHEMES[scheme]}://{rest}"
+    normalized = f"{_DATABASE_SCHEMES[scheme]}://{rest}"
+    if not normalized.startswith("sqlite"):
+        _check_server_url(normalized)
+    return normalized
+
+
+def _check_server_url(url: str) -> None:
+    """A PostgreSQL URL must parse as its author meant: an unencoded ``@`` in the password
+    would otherwise make the rest of the password the host name (and show up in messages that
+    name the host)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - parsing the port raises for a password cut short
+    except (ArgumentError, ValueError):
+        raise ValueError(f"cannot be parsed; {_URL_ENCODING_HINT}") from None
+    if parsed.host and ("@" in parsed.host or "/" in parsed.host):
+        raise ValueError(f"cannot be parsed; {_URL_ENCODING_HINT}")
+
+
+def check_redis_url(url: str) -> None:
+    """redis://, rediss:// (with a host) or unix://, parsed as redis-py will parse it: a ``#``,
+    ``?`` or ``/`` in the password would end the host part early and put part of the password
+    into the port, which redis-py then quotes in its error."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis:// or rediss:// URL")
+    if parts.scheme == "unix":
+        return
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise ValueError(f"cannot be parsed; {_URL_ENCODING_HINT}") from None
+    if not parts.hostname:
+        raise ValueError(f"names no host; {_URL_ENCODING_HINT}")
 
 
 def split_s3_store_url(url: str) -> tuple[str, str]:
@@ -92,7 +134,11 @@ class Settings(BaseSettings):
         description="Where the embedded defaults keep their files (SQLite database, artifacts, "
         "JWT secret); $XDG_STATE_HOME/modelport or ~/.local/state/modelport if unset.",
     )
-    database_url: str = Field(default="", description="SQLAlchemy URL; SQLite under var/ if empty.")
+    # Secret: the URL may hold a password. Read it with get_secret_value() only where the
+    # driver needs it; repr, logs and errors show "**********".
+    database_url: SecretStr = Field(
+        default=SecretStr(""), description="SQLAlchemy URL; SQLite under var/ if empty."
+    )
     artifact_store: str = Field(
         default="", description="file:///abs/path or s3://bucket/prefix; var/artifacts if empty."
     )
@@ -174,7 +220,9 @@ class Settings(BaseSettings):
     login_window_seconds: float = Field(default=900, gt=0)
 
     # Rate limits (token buckets, requests per minute)
-    redis_url: str | None = Field(default=None, description="Share limits across replicas.")
+    redis_url: SecretStr | None = Field(
+        default=None, description="Share limits across replicas (secret: may hold a password)."
+    )
     rate_limit_fail_open: bool = Field(
         default=True, description="Allow requests when Redis is unreachable (else refuse)."
     )
@@ -247,15 +295,17 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis:// or rediss:// URL")
-        return value or None
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        url = value.get_secret_value() if value is not None else ""
+        if url:
+            check_redis_url(url)
+        return value if url else None
 
     @field_validator("database_url")
     @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        return normalize_database_url(value) if value else value
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        return SecretStr(normalize_database_url(url)) if url else value
 
     @field_validator("artifact_store")
     @classmethod
@@ -300,8 +350,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         self.var_dir = self.var_dir.expanduser().resolve()
-        if not self.database_url:
-            self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'modelport.db'}"
+        if not self.database_url.get_secret_value():
+            self.database_url = SecretStr(f"sqlite+aiosqlite:///{self.var_dir / 'modelport.db'}")
         if not self.artifact_store:
             self.artifact_store = (self.var_dir / "artifacts").as_uri()
         if self.artifact_cache_dir is None:

@@ -105,7 +105,7 @@ def test_db_upgrade_keeps_what_is_registered(
     cli_env: dict[str, str], settings: Settings, trained_wine: TrainedWine
 ) -> None:
     register_trained(settings, trained_wine)
-    env = {**cli_env, "MODELPORT_DATABASE_URL": settings.database_url}
+    env = {**cli_env, "MODELPORT_DATABASE_URL": settings.database_url.get_secret_value()}
 
     result = modelport(env, "db", "upgrade")
 
@@ -165,7 +165,7 @@ def test_builtins_install_leaves_a_registered_model_alone(
     register_trained(settings, trained_wine)
     env = {
         **cli_env,
-        "MODELPORT_DATABASE_URL": settings.database_url,
+        "MODELPORT_DATABASE_URL": settings.database_url.get_secret_value(),
         "MODELPORT_ARTIFACT_STORE": settings.artifact_store,
     }
 
@@ -189,7 +189,7 @@ def test_builtins_install_without_data_says_how_to_provide_it(cli_env: dict[str,
 def test_models_list_shows_models_and_aliases(
     cli_env: dict[str, str], settings: Settings, trained_wine: TrainedWine
 ) -> None:
-    env = {**cli_env, "MODELPORT_DATABASE_URL": settings.database_url}
+    env = {**cli_env, "MODELPORT_DATABASE_URL": settings.database_url.get_secret_value()}
     assert _models_listed(env) == [
         ["no models registered; run `make run` or `modelport train-wine --data PATH`"]
     ]

@@ -61,10 +61,12 @@ def rest_predictions(client: TestClient, rows: list[dict[str, float]]) -> list[f
 
 
 def assert_protocol_error(response: Any, status: int, *fragments: str) -> str:
-    """A V2 error: the status, a body that is exactly ``{"error": message}`` naming each part."""
+    """A V2 error: the status, a body that is exactly ``{"error": message}`` naming each part,
+    plus the request id every error body carries."""
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] == response.headers["x-request-id"]
     for fragment in fragments:
         assert fragment in body["error"], (fragment, body["error"])
     message: str = body["error"]

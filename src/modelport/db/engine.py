@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import event, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -16,12 +17,18 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
+def plain_url(url: str | SecretStr) -> str:
+    """The URL itself; settings keep it secret (it may hold a password) until a driver needs it."""
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
 
 
-def create_engine(url: str) -> AsyncEngine:
+def is_sqlite(url: str | SecretStr) -> bool:
+    return plain_url(url).startswith("sqlite")
+
+
+def create_engine(url: str | SecretStr) -> AsyncEngine:
     """Engine tuned per backend: WAL + busy timeout on SQLite, short connect timeout elsewhere."""
+    url = plain_url(url)
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -1,15 +1,17 @@
-"""Every error leaves as JSON ``{"detail": ...}`` with a message a user can act on."""
+"""Every error leaves as JSON ``{"detail": ..., "request_id": ...}`` with a message a user can
+act on; what only an operator needs (library text, paths, endpoints) goes to the log instead."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from modelport.errors import ModelportError
 from modelport.http.middleware import (
@@ -17,6 +19,7 @@ from modelport.http.middleware import (
     internal_error_detail,
     too_large_detail,
 )
+from modelport.monitoring.logs import request_id_var
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +38,67 @@ def _without_secrets(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return cleaned
 
 
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", None) or request_id_var.get() or "")
+
+
+def error_response(
+    request: Request, detail: Any, status_code: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body = {"detail": jsonable_encoder(detail), "request_id": request_id_of(request)}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def log_failure(exc: ModelportError) -> None:
+    """Log a failure the caller is answered for, once: server-side ones (5xx) always, others
+    only when they carry detail kept from the caller. The log filter adds the request id."""
+    internal = exc.internal
+    cause = exc.__cause__
+    if internal is None and cause is not None and not isinstance(cause, ModelportError):
+        internal = f"{type(cause).__name__}: {cause}"  # e.g. the driver error behind a 503
+    if exc.status_code < 500 and internal is None:
+        return
+    level = logging.ERROR if exc.status_code >= 500 else logging.WARNING
+    logger.log(
+        level,
+        "request failed",
+        extra={
+            "kind": exc.kind,
+            "status": exc.status_code,
+            "error": exc.message,
+            "internal": internal,
+        },
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": jsonable_encoder(_without_secrets(exc.errors()))}, 422)
+        return error_response(request, _without_secrets(exc.errors()), 422)
 
     @app.exception_handler(ModelportError)
     async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
-        if exc.status_code >= 500:
-            logger.error("request failed", extra={"kind": exc.kind, "error": exc.message})
-        return JSONResponse(
-            {"detail": exc.detail()}, status_code=exc.status_code, headers=exc.headers
-        )
+        log_failure(exc)
+        return error_response(request, exc.detail(), exc.status_code, exc.headers)
 
     @app.exception_handler(BodyTooLargeError)
     async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
         # The rest of the body is unread: close rather than take it for the next request.
-        return JSONResponse(
-            {"detail": too_large_detail(exc.limit)},
-            status_code=413,
-            headers={"Connection": "close"},
+        return error_response(
+            request, too_large_detail(exc.limit), 413, headers={"Connection": "close"}
         )
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        # Unknown paths (404), wrong methods (405): Starlette's own errors, in our shape.
+        if exc.status_code in (204, 304):  # no body allowed
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return error_response(request, exc.detail, exc.status_code, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        request_id = getattr(request.state, "request_id", "")
-        return JSONResponse({"detail": internal_error_detail(request_id)}, status_code=500)
+        # Reached only for errors outside the request middleware, which answers (and logs,
+        # once) every error raised inside it.
+        logger.error("unhandled error", exc_info=exc)
+        request_id = request_id_of(request)
+        return error_response(request, internal_error_detail(request_id), 500)

@@ -128,15 +128,15 @@ class RequestContextMiddleware:
             status = 413
             await self._send_json(send, 413, too_large_detail(limit), request_id, started)
         except Exception:
-            # Starlette answers unhandled errors outside every user middleware, so that 500
-            # would carry no request id; answer here while the id is still known, then let
-            # the server see the error as usual.
-            if response_started:
-                raise
-            status = 500
+            # A bug: logged here once, with its traceback and the request id, and answered
+            # with a body that quotes the id and nothing else. Not re-raised: Starlette's error
+            # middleware and the server would each log it again, without the request id.
             error_logger.exception("unhandled error")
-            await self._send_json(send, 500, internal_error_detail(request_id), request_id, started)
-            raise
+            if not response_started:
+                status = 500
+                await self._send_json(
+                    send, 500, internal_error_detail(request_id), request_id, started
+                )
         finally:
             self._log(scope, status, started, request_id)
             request_id_var.reset(token)
@@ -145,7 +145,7 @@ class RequestContextMiddleware:
     async def _send_json(
         send: Send, status: int, detail: object, request_id: str, started: float
     ) -> None:
-        body = orjson.dumps({"detail": detail})
+        body = orjson.dumps({"detail": detail, "request_id": request_id})
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

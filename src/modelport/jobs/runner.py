@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelport.errors import ModelportError
 from modelport.jobs import service
 from modelport.jobs.tables import Job
 
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Job], Awaitable[dict[str, Any]]]
 # Called once when a job fails for good (no attempt left, or a permanent error), with the error.
 GiveUpHook = Callable[[Job, str], Awaitable[None]]
+# What a job's owner reads when it failed on a bug (the traceback is in the log, by job id).
+JOB_INTERNAL_ERROR = "internal error; the server log has the details under this job's id"
 
 
 class PermanentJobError(Exception):
@@ -111,9 +114,13 @@ class JobRunner:
             if await self._finish(job, error=str(exc)):
                 await self._give_up(job, str(exc))
         except Exception as exc:
-            logger.exception("job failed", extra={"job_id": str(job.id), "kind": job.kind})
+            internal = exc.internal if isinstance(exc, ModelportError) else None
+            logger.exception(
+                "job failed", extra={"job_id": str(job.id), "kind": job.kind, "internal": internal}
+            )
             retry = job.attempts < job.max_attempts
-            error = f"{type(exc).__name__}: {exc}"
+            # The job's owner reads this: a message written for users, never a library's text.
+            error = exc.message if isinstance(exc, ModelportError) else JOB_INTERNAL_ERROR
             if await self._finish(job, error=error, retry=retry) and not retry:
                 await self._give_up(job, error)
         else:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from modelport.errors import library_text
 from modelport.runtimes.native import (
     CLASSIFICATION,
     LightGBMRuntime,
@@ -65,8 +66,7 @@ def convert_verified(
             problems.append(f"{converter} ({input_type}): {exc}")
             continue
         except Exception as exc:  # converters and ONNX Runtime raise all sorts of types
-            message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            problems.append(f"{converter} ({input_type}): {type(exc).__name__}: {message}")
+            problems.append(f"{converter} ({input_type}): {library_text(exc, 200)}")
             continue
         return Conversion(onnx_bytes, converter, input_type, diff, len(rows))
     raise ConversionFailed("; ".join(problems) or "no converter for this model")

@@ -26,23 +26,29 @@ class Runtime(Protocol):
 
 
 def load_runtime(flavor: str, model_bytes: bytes, intra_op_threads: int = 1) -> Runtime:
+    """The runtime for ``model_bytes``. A failure is this version's fault: the caller learns
+    that it cannot be loaded, the log learns why (the library's text may name server paths)."""
     if flavor == "onnx":
         try:
             return OnnxRuntime(model_bytes, intra_op_threads)
         except Exception as exc:  # ONNX Runtime raises several unrelated types for bad models
-            raise ModelUnavailableError(f"the ONNX model could not be loaded: {exc}") from exc
+            raise _cannot_load(flavor, f"ONNX Runtime: {exc}") from exc
     if flavor in native.NATIVE_FLAVORS:
         try:
             return _load_native(flavor, model_bytes, intra_op_threads)
         except ModelportError as exc:
-            raise ModelUnavailableError(
-                f"the {flavor} model could not be loaded: {exc.message}"
-            ) from exc
+            raise _cannot_load(flavor, exc.internal or exc.message) from exc
         except Exception as exc:
-            raise ModelUnavailableError(
-                f"the {flavor} model could not be loaded: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise _cannot_load(flavor, f"{type(exc).__name__}: {exc}") from exc
     raise ModelUnavailableError(f"no runtime for flavor {flavor!r}")
+
+
+def _cannot_load(flavor: str, internal: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"the {flavor} model could not be loaded (this version's file is damaged or not usable "
+        "here); its owner can find the cause in the server log under this request id",
+        internal=internal,
+    )
 
 
 def _load_native(flavor: str, model_bytes: bytes, threads: int) -> native.NativeRuntime:

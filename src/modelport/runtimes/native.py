@@ -20,11 +20,13 @@ import sys
 import threading
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from modelport.errors import BadRequestError
+from modelport.errors import BadRequestError, ModelRunError, public_text
 from modelport.runtimes.build_only import import_skops_io, without_torch
 
 Task = Literal["classification", "regression"]
@@ -70,6 +72,16 @@ class NativeRuntime:
         classes = np.asarray(self.classes if self.classes is not None else [])
         labels = classes[np.argmax(probabilities, axis=1)]
         return {"label": labels, "probabilities": probabilities.astype(np.float64)}
+
+
+@contextmanager
+def model_run(library: str) -> Iterator[None]:
+    """What the library raises while predicting is the model failing on this input: a
+    ModelRunError whose library text is for the log, not for the caller."""
+    try:
+        yield
+    except Exception as exc:
+        raise ModelRunError(f"{library}: {type(exc).__name__}: {exc}") from exc
 
 
 def json_class(value: Any) -> Any:
@@ -145,13 +157,16 @@ class SklearnRuntime(NativeRuntime):
 
     def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
         rows = self._named(np.asarray(features, dtype=np.float64))
-        if self.task == CLASSIFICATION:
-            return {
-                "label": np.asarray(self.estimator.predict(rows)),
-                "probabilities": np.asarray(self.estimator.predict_proba(rows), dtype=np.float64),
-            }
-        values = np.asarray(self.estimator.predict(rows), dtype=np.float64)
-        return {"prediction": values.reshape(len(rows), -1)}
+        with model_run("scikit-learn"):
+            if self.task == CLASSIFICATION:
+                return {
+                    "label": np.asarray(self.estimator.predict(rows)),
+                    "probabilities": np.asarray(
+                        self.estimator.predict_proba(rows), dtype=np.float64
+                    ),
+                }
+            values = np.asarray(self.estimator.predict(rows), dtype=np.float64)
+            return {"prediction": values.reshape(len(rows), -1)}
 
     def _named(self, rows: np.ndarray) -> Any:
         """A model fitted on a DataFrame gets one with its column names: pipelines may pick
@@ -194,12 +209,12 @@ def load_skops(data: bytes) -> Any:
         # skops's own audit adds the bound methods and bit generators a schema names in values.
         needed = sio.get_untrusted_types(data=data)
     except Exception as exc:  # skops raises many types for damaged archives
-        raise BadRequestError(f"the skops file cannot be read: {exc}") from None
+        raise BadRequestError(f"the skops file cannot be read: {public_text(str(exc))}") from None
     _refuse_untrusted(set(needed))
     try:
         return sio.loads(data, trusted=needed)
     except Exception as exc:
-        raise BadRequestError(f"the skops file cannot be loaded: {exc}") from None
+        raise BadRequestError(f"the skops file cannot be loaded: {public_text(str(exc))}") from None
 
 
 def _refuse_untrusted(names: set[str]) -> None:
@@ -352,7 +367,7 @@ def load_pickle(data: bytes) -> Any:
     except Exception as exc:
         raise BadRequestError(
             f"the pickle cannot be loaded (truncated, or made with packages not installed "
-            f"here): {type(exc).__name__}: {exc}"
+            f"here): {public_text(f'{type(exc).__name__}: {exc}')}"
         ) from None
 
 
@@ -394,9 +409,10 @@ class XGBoostRuntime(NativeRuntime):
         predict_type = (
             "margin" if self.objective in ("multi:softmax", "binary:logitraw") else "value"
         )
-        raw = self._raw(rows, predict_type)
-        if self.task == REGRESSION:
-            return {"prediction": raw.reshape(len(rows), -1)}
+        with model_run("XGBoost"):
+            raw = self._raw(rows, predict_type)
+            if self.task == REGRESSION:
+                return {"prediction": raw.reshape(len(rows), -1)}
         if self.objective == "multi:softmax":
             shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
             raw = shifted / shifted.sum(axis=1, keepdims=True)
@@ -481,10 +497,10 @@ class LightGBMRuntime(NativeRuntime):
 
     def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
         rows = np.asarray(features, dtype=np.float64)
-        with self._lock:
+        with model_run("LightGBM"), self._lock:
             raw = np.asarray(self.booster.predict(rows, num_threads=self.threads))
-        if self.task == REGRESSION:
-            return {"prediction": raw.astype(np.float64).reshape(len(rows), -1)}
+            if self.task == REGRESSION:
+                return {"prediction": raw.astype(np.float64).reshape(len(rows), -1)}
         return self._classified(raw.astype(np.float64))
 
     def feature_ranges(self) -> list[tuple[float, float] | None]:
@@ -527,7 +543,7 @@ def _split_ranges(
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return public_text((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 # Loading XGBoost and LightGBM files is native code that can abort the process on malformed
@@ -580,7 +596,7 @@ def check_loads_in_child(flavor: str, data: bytes, timeout: float = 120.0) -> No
     lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line]
     fatal = [line for line in lines if "Fatal" in line or "Error" in line]
     if fatal or lines:
-        reason = (fatal or lines)[-1].strip()[:300]
+        reason = public_text((fatal or lines)[-1])
     else:
         reason = "the file is damaged or truncated"
     crashed = " (its loader crashed)" if result.returncode < 0 else ""

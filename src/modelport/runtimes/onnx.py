@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from modelport.errors import BadRequestError
+from modelport.errors import BadRequestError, ModelRunError
 from modelport.runtimes.onnx_contents import refuse_external_data
 
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
@@ -57,15 +57,21 @@ class OnnxRuntime:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Run the model on a batch (e.g. rows x features); returns the first output."""
-        (result, *_) = self._session.run(self.output_names[:1], self._feed(features))
+        (result, *_) = self._run(self.output_names[:1], self._feed(features))
         return _as_array(result)
 
     def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Every output by name (a classifier's labels and probabilities, for example)."""
-        results = self._session.run(None, self._feed(features))
+        results = self._run(None, self._feed(features))
         return {
             name: _as_array(value) for name, value in zip(self.output_names, results, strict=True)
         }
+
+    def _run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[Any]:
+        try:
+            return list(self._session.run(names, feed))
+        except Exception as exc:  # a node failed inside the graph: the model's fault
+            raise ModelRunError(f"ONNX Runtime: {exc}") from exc
 
     def _feed(self, features: np.ndarray) -> dict[str, np.ndarray]:
         return {self.input_name: np.ascontiguousarray(features, dtype=self.input_dtype)}

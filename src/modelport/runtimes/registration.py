@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from modelport.errors import BadRequestError, ForbiddenError, InvalidInputError
+from modelport.errors import (
+    BadRequestError,
+    ForbiddenError,
+    InvalidInputError,
+    library_text,
+    public_text,
+)
 from modelport.runtimes import native
 from modelport.runtimes.conversion import ConversionFailed, convert_verified
 from modelport.runtimes.formats import PICKLE_KINDS, ModelFile, detect, identify
@@ -100,7 +106,9 @@ def _prepare_onnx(
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        raise BadRequestError(f"the ONNX model does not pass onnx.checker: {exc}") from None
+        raise BadRequestError(
+            f"the ONNX model does not pass onnx.checker: {public_text(str(exc))}"
+        ) from None
     classes = onnx_classes(model)
     inferred = infer_onnx_signature(model, task, classes)
     if signature is not None:
@@ -217,10 +225,10 @@ def _prepare_native(
     )
     try:
         expected = model.predict_outputs(rows)
-    except Exception as exc:  # the library's own error is the most useful message
+    except Exception as exc:  # the library's own error (about the uploaded file) helps most
         raise BadRequestError(
             f"the model fails to predict on sample rows of {model.n_features} numbers: "
-            f"{type(exc).__name__}: {str(exc)[:300]}"
+            f"{library_text(exc)}"
         ) from None
     inferred = Signature(task=model.task, inputs=inputs, outputs=_native_outputs(model, expected))
     if signature is not None:
@@ -239,7 +247,11 @@ def _prepare_native(
             flavor=NATIVE_FLAVORS[model_file.kind],
             source_flavor=model_file.framework,
             signature=signature or inferred,
-            details={**details, "converted": False, "native_fallback": str(exc)[:2000]},
+            details={
+                **details,
+                "converted": False,
+                "native_fallback": public_text(str(exc), 2000),
+            },
         )
     return PreparedModel(
         artifact=conversion.onnx_bytes,

@@ -14,6 +14,7 @@ import numpy as np
 from modelport.auth.principal import Principal
 from modelport.errors import (
     ModelportError,
+    ModelRunError,
     ModelUnavailableError,
     UnsupportedMediaTypeError,
 )
@@ -30,6 +31,8 @@ from modelport.serving.validation import Rows, extract_rows, parse_json_body, va
 # reader that turns the parsed body into rows once the version (and its signature) is known.
 BodyParser = Callable[[bytes], Any]
 RowReader = Callable[[VersionRef, Any], Awaitable[Rows]]
+# What the prediction log row of a request that hit a bug says (the traceback is in the log).
+INTERNAL_ERROR = "internal error; the server log has the details under this request id"
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,12 @@ class PredictionService:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
             self._record(call, None, status, exc.message)
             raise
-        except Exception as exc:
-            self._record(call, None, "error", repr(exc))
-            raise ModelUnavailableError(f"the model failed to run on this input: {exc}") from exc
+        except Exception:
+            # A bug, not the model's fault (the runtimes raise ModelRunError for those): the
+            # log row says only that much; the request middleware logs the traceback once and
+            # answers 500 with the request id.
+            self._record(call, None, "error", INTERNAL_ERROR)
+            raise
         elapsed_ms = self._record(call, predictions, "success", None)
         return PredictionResult(
             model_name=ref.model_name,
@@ -185,7 +191,7 @@ def postprocess(
         outputs = {"output": outputs}
     if signature.task == "classification":
         return _classified(outputs, n_rows, (details or {}).get("classes"))
-    values = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(n_rows, -1)
+    values = _per_row(next(iter(outputs.values())), n_rows, len(signature.outputs))
     _check_finite(values)
     rows: list[dict[str, Any]] = [{} for _ in range(n_rows)]
     for column, spec in enumerate(signature.outputs):
@@ -209,9 +215,11 @@ def _classified(
             labels = array
     if probabilities is None:
         raise ModelUnavailableError("the classifier gave no class probabilities")
-    matrix = np.asarray(probabilities, dtype=np.float64).reshape(n_rows, -1)
+    matrix = _per_row(probabilities, n_rows)
     _check_finite(matrix)
     names = classes if classes and len(classes) == matrix.shape[1] else list(range(matrix.shape[1]))
+    if labels is not None and np.asarray(labels).size != n_rows:
+        raise ModelRunError(f"labels of shape {np.shape(labels)} for {n_rows} rows")
     if labels is None:
         chosen = [names[i] for i in np.argmax(matrix, axis=1)]
     else:
@@ -221,6 +229,20 @@ def _classified(
         {"label": label, "probabilities": dict(zip(keys, row, strict=True))}
         for label, row in zip(chosen, matrix.tolist(), strict=True)
     ]
+
+
+def _per_row(values: Any, n_rows: int, columns: int = 1) -> np.ndarray:
+    """The model's answer as one line of numbers per input row. An answer of another size, or
+    not numbers, is the model's fault (its graph disagrees with its signature)."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ModelRunError(f"non-numeric output of dtype {np.asarray(values).dtype}") from None
+    if n_rows < 1 or array.size % n_rows or array.size // n_rows < columns:
+        raise ModelRunError(
+            f"output of shape {array.shape} for {n_rows} rows and {columns} output columns"
+        )
+    return array.reshape(n_rows, -1)
 
 
 def _check_finite(values: np.ndarray) -> None:

@@ -6,7 +6,6 @@ cannot use (the REST endpoints answer 422 with field-by-field details instead).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -23,6 +22,8 @@ from modelport.db.dependencies import EngineDep, SessionFactoryDep
 from modelport.db.engine import database_is_reachable
 from modelport.errors import InvalidInputError, ModelportError, UnsupportedMediaTypeError
 from modelport.http.dependencies import SettingsDep
+from modelport.http.errors import log_failure
+from modelport.monitoring.logs import request_id_var
 from modelport.runtimes.signature import Signature
 from modelport.serving.dependencies import ModelCacheDep, PredictionServiceDep, ResolverDep
 from modelport.serving.model_cache import ModelCache
@@ -39,19 +40,18 @@ from modelport.serving.v2_schemas import (
 )
 from modelport.serving.v2_service import EXTENSIONS, InferCall, ModelDirectory, parse_version
 
-logger = logging.getLogger(__name__)
-
 
 def error_response(
     status_code: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+    # The protocol's {"error": ...}, plus the request id every error body of ours carries.
+    body = {"error": message, "request_id": request_id_var.get() or ""}
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def protocol_error(exc: ModelportError) -> JSONResponse:
     """The protocol answers every unusable request with 400; other statuses keep their code."""
-    if exc.status_code >= 500:
-        logger.error("request failed", extra={"kind": exc.kind, "error": exc.message})
+    log_failure(exc)
     if isinstance(exc, UnsupportedMediaTypeError):  # an image model
         message = (
             f"{exc.message.split(':')[0]}; the V2 protocol here serves tabular models only, "

@@ -103,3 +103,4 @@ class ModelReady(BaseModel):
 
 class ProtocolError(BaseModel):
     error: str
+    request_id: str = Field(description="Quote it when reporting the error")

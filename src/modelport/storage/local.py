@@ -7,7 +7,13 @@ from urllib.parse import unquote, urlsplit
 
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError
 from modelport.storage.files import write_atomically
-from modelport.storage.protocol import StoredArtifact, sha256_hex
+from modelport.storage.protocol import (
+    CHANGED,
+    MISSING,
+    OUTSIDE_STORE,
+    StoredArtifact,
+    sha256_hex,
+)
 
 
 class LocalArtifactStore:
@@ -29,14 +35,11 @@ class LocalArtifactStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise ModelUnavailableError(
-                f"artifact {uri} is missing from the store; re-register this model version"
-            ) from None
+            raise ModelUnavailableError(MISSING, internal=f"artifact {uri} is missing") from None
         actual = sha256_hex(data)
         if actual != sha256:
             raise ArtifactIntegrityError(
-                f"artifact {uri} failed its sha256 check (expected {sha256}, found {actual}); "
-                "it was changed after registration and will not be served"
+                CHANGED, internal=f"artifact {uri}: expected sha256 {sha256}, found {actual}"
             )
         return data
 
@@ -48,5 +51,7 @@ class LocalArtifactStore:
         parts = urlsplit(uri)
         path = Path(unquote(parts.path)).resolve()
         if parts.scheme != "file" or not path.is_relative_to(self.root):
-            raise ModelUnavailableError(f"artifact {uri} is not inside this store ({self.root})")
+            raise ModelUnavailableError(
+                OUTSIDE_STORE, internal=f"artifact {uri} is not inside {self.root}"
+            )
         return path

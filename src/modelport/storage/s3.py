@@ -26,7 +26,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from modelport.errors import ArtifactIntegrityError, ModelUnavailableError, ServiceUnavailableError
 from modelport.settings import Settings, split_s3_store_url
 from modelport.storage.files import write_atomically
-from modelport.storage.protocol import StoredArtifact, sha256_hex
+from modelport.storage.protocol import (
+    CHANGED,
+    MISSING,
+    OUTSIDE_STORE,
+    StoredArtifact,
+    sha256_hex,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +42,9 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # this shape, so a forged URI cannot make the store fetch some other object of the bucket.
 _ARTIFACT_KEY = re.compile(r"sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})[^/]*")
 _MISSING = {"NoSuchKey", "NotFound", "404"}
+# Callers are told what failed; where the object is (bucket, key, endpoint) is logged only.
+NO_CHECKSUM = "the stored file has no usable recorded sha256; it must be uploaded again"
+_VERBS = {"check": "store", "store": "store", "read": "read", "delete": "delete"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class S3ArtifactStore:
         key, _ = self._key_of(uri)
         if not _SHA256_HEX.fullmatch(sha256):
             raise ArtifactIntegrityError(
-                f"artifact {uri} has no usable recorded sha256 ({sha256!r}); re-register it"
+                NO_CHECKSUM, internal=f"artifact {uri} has no usable sha256 ({sha256!r})"
             )
         cached = self._cache_read(sha256)
         if cached is not None:
@@ -142,8 +151,9 @@ class S3ArtifactStore:
         actual = sha256_hex(data)
         if actual != sha256:
             raise ArtifactIntegrityError(
-                f"artifact {uri} failed its sha256 check (expected {sha256}, found {actual}); "
-                "the object was changed after registration and will not be served"
+                CHANGED,
+                internal=f"artifact {uri} at {self.location}: expected sha256 {sha256}, "
+                f"found {actual}",
             )
         self._cache_write(sha256, data)
         return data
@@ -177,7 +187,7 @@ class S3ArtifactStore:
             or match is None
         ):
             raise ModelUnavailableError(
-                f"artifact {uri} is not inside this store ({self.location})"
+                OUTSIDE_STORE, internal=f"artifact {uri} is not inside {self.location}"
             )
         return key, match.group(2)
 
@@ -202,8 +212,7 @@ class S3ArtifactStore:
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 raise ModelUnavailableError(
-                    f"artifact {uri} is missing from {self.location}; "
-                    "re-register this model version"
+                    MISSING, internal=f"artifact {uri} is missing from {self.location}"
                 ) from None
             raise self._unavailable(f"read {uri}", exc, ModelUnavailableError) from None
         except BotoCoreError as exc:
@@ -228,12 +237,17 @@ class S3ArtifactStore:
                 "MODELPORT_S3_SECRET_ACCESS_KEY (or AWS_* variables, or give the host a role)"
             )
         else:
-            reason = f"{exc}; retry when it is reachable"
+            reason = str(exc)
         logger.warning(
             "artifact store request failed",
-            extra={"action": action, "store": self.location, "error": str(exc)},
+            extra={"action": action, "store": self.location, "error": reason},
         )
-        return error(f"could not {action} ({self.location}): {reason}")
+        # Endpoint, bucket, key and botocore's text (which names them) are for the log only.
+        return error(
+            f"could not {_VERBS[action.split(' ', 1)[0]]} the file: the artifact store cannot "
+            "be reached right now; retry shortly",
+            internal=f"could not {action} ({self.location}): {reason}",
+        )
 
     # --- the local cache ----------------------------------------------------------------------
 

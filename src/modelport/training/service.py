@@ -16,7 +16,7 @@ from modelport.auth.principal import Principal
 from modelport.datasets import service as datasets
 from modelport.datasets.csv_import import ParsedCsv, snake_case
 from modelport.datasets.tables import Dataset, DatasetRow
-from modelport.errors import InvalidInputError, ModelportError, NotFoundError
+from modelport.errors import InvalidInputError, ModelportError, NotFoundError, public_text
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
@@ -142,7 +142,7 @@ class TrainingService:
                 lambda: _train(spec, features, target)
             )
         except (ValueError, ModelportError) as exc:
-            message = exc.message if isinstance(exc, ModelportError) else str(exc)
+            message = exc.message if isinstance(exc, ModelportError) else public_text(str(exc))
             raise PermanentJobError(f"training failed: {message}") from exc
         uploader = Principal("job", user_id=job.owner_id, role="user")
         async with self.session_factory() as session:
