@@ -160,6 +160,10 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_S3_CONNECT_TIMEOUT", "0", "greater than 0"),
         ("MODELPORT_METRICS_TOKEN", "guessable", "at least 32 characters"),
         ("MODELPORT_METRICS_TOKEN", "0123456789abcdef0123456789abcdef é", "printable ASCII"),
+        ("MODELPORT_TRUSTED_PROXIES", "10.0.0.0/8,10.0.0.0/33", "'10.0.0.0/33' is not an IP"),
+        ("MODELPORT_TRUSTED_PROXIES", "proxy.internal", "CIDR network"),
+        ("MODELPORT_PROXY_HEADER", "x-real-ip", "'x-forwarded-for' or 'forwarded'"),
+        ("MODELPORT_RATE_LIMIT_TRAINING_COST", "0", "greater than or equal to 1"),
     ],
 )
 def test_bad_values_name_the_variable_to_fix(
@@ -172,6 +176,19 @@ def test_bad_values_name_the_variable_to_fix(
 
     assert variable in str(caught.value)
     assert explanation in str(caught.value)
+
+
+def test_trusted_proxies_are_a_comma_separated_list_of_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELPORT_TRUSTED_PROXIES", " 10.0.0.0/8, 172.18.0.5 ,fd00::/8,")
+    monkeypatch.setenv("MODELPORT_PROXY_HEADER", "Forwarded")
+
+    settings = load_settings()
+
+    assert settings.trusted_proxies == ["10.0.0.0/8", "172.18.0.5/32", "fd00::/8"]
+    assert settings.proxy_header == "forwarded"
+    assert load_settings(trusted_proxies="").trusted_proxies == []
 
 
 def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

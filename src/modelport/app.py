@@ -16,6 +16,7 @@ from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
 from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
+from modelport.http.proxies import TrustedProxies, parse_networks
 from modelport.images.router import router as images_router
 from modelport.jobs.router import router as jobs_router
 from modelport.monitoring.health import router as health_router
@@ -73,6 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.max_request_bytes,
         max_upload_bytes=settings.max_upload_bytes,
         max_model_upload_bytes=settings.max_model_upload_bytes,
+        trusted_proxies=TrustedProxies(
+            parse_networks(settings.trusted_proxies), settings.proxy_header
+        ),
     )
     install_error_handlers(app)
     for router in (

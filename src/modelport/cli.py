@@ -100,6 +100,9 @@ def serve(
         workers=workers or settings.workers,
         log_config=None,
         access_log=False,  # our middleware writes the access log, with request ids
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say; the
+        # app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address reaches it.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -216,8 +217,17 @@ class Settings(BaseSettings):
         description="Bearer token for /metrics and /health details (Prometheus sends it). Empty:"
         " only administrators may read them.",
     )
-    login_failures_allowed: int = Field(default=5, ge=1, description="Per account and address.")
+    login_failures_allowed: int = Field(
+        default=5, ge=1, description="Failed sign-ins per account from one address, per window."
+    )
     login_window_seconds: float = Field(default=900, gt=0)
+    login_address_failures_allowed: int = Field(
+        default=20, ge=1, description="Failed sign-ins from one address across accounts."
+    )
+    login_account_failures_allowed: int = Field(
+        default=30, ge=1, description="Failed sign-ins per account from all addresses together."
+    )
+    login_account_window_seconds: float = Field(default=3600, gt=0)
 
     # Rate limits (token buckets, requests per minute)
     redis_url: SecretStr | None = Field(
@@ -229,6 +239,23 @@ class Settings(BaseSettings):
     rate_limit_anonymous_per_minute: int = Field(default=60, ge=1)
     rate_limit_user_per_minute: int = Field(default=600, ge=1)
     rate_limit_api_key_per_minute: int = Field(default=600, ge=1)
+    # What one request takes from its bucket, by the work it asks for (a prediction takes 1;
+    # never more than the whole bucket).
+    rate_limit_upload_cost: int = Field(
+        default=10, ge=1, description="Tokens per multipart upload (images, CSV files)."
+    )
+    rate_limit_model_upload_cost: int = Field(
+        default=30, ge=1, description="Tokens per model version upload (checked, converted)."
+    )
+    rate_limit_training_cost: int = Field(default=60, ge=1, description="Tokens per training job.")
+    # Reverse proxies whose X-Forwarded-For (or Forwarded) header names the client; without
+    # one, every address comes from the socket.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated proxy IPs or CIDR networks."
+    )
+    proxy_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        default="x-forwarded-for", description="The header the trusted proxies append to."
+    )
 
     model_cache_max_models: int = Field(default=32, ge=1, description="Models kept loaded.")
     model_load_retry_seconds: float = Field(
@@ -273,6 +300,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [entry.strip() for entry in value.split(",") if entry.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(entry, strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8, 172.18.0.5)"
+                ) from None
+        return networks
+
+    @field_validator("proxy_header", mode="before")
+    @classmethod
+    def _lower_proxy_header(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("jwt_secret")
     @classmethod

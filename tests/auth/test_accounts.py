@@ -22,7 +22,9 @@ from tests.auth.accounts_support import (
 )
 from tests.helpers import create_account, services_of
 
-FAILURES_ALLOWED = 3
+FAILURES_ALLOWED = 3  # per account from one address
+ADDRESS_FAILURES_ALLOWED = 5  # per address across accounts
+ACCOUNT_FAILURES_ALLOWED = 6  # per account from every address together
 FULLWIDTH_EXAMPLE = "\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25"  # "EXAMPLE", full-width
 
 
@@ -38,8 +40,15 @@ def app_client(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def throttled_client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
-    """Three failed sign-ins allowed per account and per address in an hour."""
-    settings = make_settings(login_failures_allowed=FAILURES_ALLOWED, login_window_seconds=3600)
+    """Failed sign-ins allowed in an hour: 3 per account from one address, 5 per address,
+    6 per account from everywhere."""
+    settings = make_settings(
+        login_failures_allowed=FAILURES_ALLOWED,
+        login_address_failures_allowed=ADDRESS_FAILURES_ALLOWED,
+        login_account_failures_allowed=ACCOUNT_FAILURES_ALLOWED,
+        login_window_seconds=3600,
+        login_account_window_seconds=3600,
+    )
     with started(settings) as client:
         yield client
 
@@ -233,16 +242,16 @@ def assert_throttled(client: TestClient, email: str, password: str = PASSWORD) -
     assert "access_token" not in response.text
 
 
-def test_an_account_is_throttled_after_its_failures_even_from_many_addresses(
+def test_an_account_is_throttled_after_its_failures_from_many_addresses(
     throttled_client: TestClient,
 ) -> None:
     settings = services_of(throttled_client).settings
     create_account(settings, "target@example.com")
     create_account(settings, "bystander@example.com")
 
-    for n in range(FAILURES_ALLOWED - 1):
+    for n in range(ACCOUNT_FAILURES_ALLOWED - 1):
         fail_sign_in(from_address(throttled_client, f"10.0.0.{n + 1}"), "target@example.com")
-    # One failure short of the limit, the right password still works ...
+    # One failure short of the account's limit, the right password still works ...
     login(from_address(throttled_client, "10.0.0.50"), "target@example.com")
     fail_sign_in(from_address(throttled_client, "10.0.0.51"), "target@example.com")
 
@@ -253,15 +262,31 @@ def test_an_account_is_throttled_after_its_failures_even_from_many_addresses(
     login(from_address(throttled_client, "10.0.0.99"), "bystander@example.com")
 
 
+def test_wrong_passwords_from_one_address_do_not_lock_the_owner_out(
+    throttled_client: TestClient,
+) -> None:
+    create_account(services_of(throttled_client).settings, "victim@example.com")
+    attacker = from_address(throttled_client, "192.0.2.66")
+
+    for _ in range(FAILURES_ALLOWED):
+        fail_sign_in(attacker, "victim@example.com")
+    # The guesser is stopped, even if the next guess were right ...
+    assert_throttled(attacker, "victim@example.com", "a better guess")
+    assert_throttled(attacker, "victim@example.com")
+    # ... while the owner, elsewhere, signs in with the right password at once.
+    login(from_address(throttled_client, "198.51.100.20"), "victim@example.com")
+
+
 def test_respelling_the_email_does_not_buy_more_attempts(throttled_client: TestClient) -> None:
     create_account(services_of(throttled_client).settings, "target@example.com")
     spellings = ["TARGET@example.com", " target@Example.Com ", f"target@{FULLWIDTH_EXAMPLE}.com"]
     assert len(spellings) == FAILURES_ALLOWED
+    guesser = from_address(throttled_client, "10.0.1.1")
 
-    for n, spelling in enumerate(spellings):
-        fail_sign_in(from_address(throttled_client, f"10.0.1.{n + 1}"), spelling)
+    for spelling in spellings:
+        fail_sign_in(guesser, spelling)
 
-    assert_throttled(from_address(throttled_client, "10.0.1.99"), "target@example.com")
+    assert_throttled(guesser, "target@example.com")
 
 
 def test_an_address_is_throttled_after_failures_across_accounts(
@@ -270,7 +295,7 @@ def test_an_address_is_throttled_after_failures_across_accounts(
     create_account(services_of(throttled_client).settings, "bystander@example.com")
     attacker = from_address(throttled_client, "192.0.2.7")
 
-    for _ in range(FAILURES_ALLOWED):
+    for _ in range(ADDRESS_FAILURES_ALLOWED):
         fail_sign_in(attacker, new_email("guess"))
 
     assert_throttled(attacker, "bystander@example.com")

@@ -183,3 +183,39 @@ def test_serve_takes_the_port_from_the_environment_and_runs_two_workers(
     rows = logged_predictions(wine_home)
     assert len(rows) == 8
     assert {row[1:] for row in rows} == {("wine-quality", "1", "success")}
+
+
+def anonymous_reads(server: Server, forwarded_for: list[str]) -> list[int]:
+    """GET /api/v1/models once per X-Forwarded-For value, from this machine (127.0.0.1)."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        return [
+            client.get("/api/v1/models", headers={"X-Forwarded-For": value}).status_code
+            for value in forwarded_for
+        ]
+
+
+def test_serve_believes_forwarded_addresses_only_from_trusted_proxies(
+    start_server: Callable[..., Server],
+) -> None:
+    limited = {"MODELPORT_RATE_LIMIT_ANONYMOUS_PER_MINUTE": "2"}
+    spoofed = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+
+    # No trusted proxy: a client on the same host cannot pick a fresh address per request.
+    port = free_port()
+    direct = start_server("--port", str(port), port=port, extra_env=limited)
+    direct.wait_until_ready()
+    assert anonymous_reads(direct, spoofed) == [200, 200, 429]
+    direct.terminate()
+
+    # 127.0.0.1 named as the proxy: the client it names is the one counted.
+    port = free_port()
+    proxied = start_server(
+        "--port",
+        str(port),
+        port=port,
+        extra_env={**limited, "MODELPORT_TRUSTED_PROXIES": "127.0.0.1"},
+    )
+    proxied.wait_until_ready()
+    assert anonymous_reads(proxied, spoofed) == [200, 200, 200]
+    assert anonymous_reads(proxied, ["198.51.100.9"] * 3) == [200, 200, 429]
+    proxied.terminate()

@@ -170,6 +170,40 @@ def test_a_body_exactly_at_the_limit_is_accepted(app_client: TestClient) -> None
     assert response.status_code == 200
 
 
+MULTIPART = "multipart/form-data; boundary=x"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared", "streamed"])
+def test_a_multipart_type_on_a_json_route_keeps_the_json_limit(
+    app_client: TestClient, streamed: bool
+) -> None:
+    body = b"x" * (4 * LIMIT)
+    content = chunks(4 * LIMIT) if streamed else body
+    response = app_client.post("/predict", content=content, headers={"Content-Type": MULTIPART})
+    too_large(response)
+
+
+def test_an_upload_route_takes_more_than_the_json_limit(app_client: TestClient) -> None:
+    # The same size the JSON routes refuse is fine as an upload (the image is simply not one).
+    response = app_client.post(
+        "/api/v1/images/predictions", files={"file": ("big.png", b"x" * (4 * LIMIT), "")}
+    )
+    assert response.status_code == 400, response.text
+    assert "not an image" in response.json()["detail"]
+
+
+def test_an_answer_given_before_the_body_was_read_closes_the_connection(
+    app_client: TestClient,
+) -> None:
+    unread = app_client.post("/api/v1/datasets", files={"file": ("d.csv", b"a,b\n1,2\n")})
+    assert unread.status_code == 401
+    assert unread.headers["connection"] == "close"
+    # A request whose body was read keeps its connection.
+    read = app_client.post("/predict", json=WINE_ROW)
+    assert read.status_code == 200
+    assert "connection" not in read.headers
+
+
 @pytest.fixture
 def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """Switch to the JSON log format; yields a reader of the lines written since the last read.

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from modelport.errors import ServiceUnavailableError
 from modelport.ratelimit.buckets import (
+    SIGN_IN_PREFIX,
     Buckets,
     Decision,
     Limit,
@@ -157,13 +158,58 @@ def test_redis_forgets_a_bucket_once_it_would_be_full_again() -> None:
     run(scenario())
 
 
-def test_memory_buckets_stay_bounded() -> None:
+def test_a_negative_cost_gives_tokens_back_but_never_beyond_capacity(backend: str) -> None:
+    async def scenario(buckets: list[Buckets], key: str) -> None:
+        await take_all(buckets[0], key, Limit(3), 3)
+        assert (await buckets[0].take(key, Limit(3), cost=-1)).remaining == 1
+        assert (await buckets[1].take(key, Limit(3), cost=-5)).remaining == 3
+        assert [d.allowed for d in await take_all(buckets[0], key, Limit(3), 4)] == [
+            True,
+            True,
+            True,
+            False,
+        ]
+
+    play(backend, scenario)
+
+
+def test_concurrent_takes_never_hand_out_more_than_the_capacity(backend: str) -> None:
+    async def scenario(buckets: list[Buckets], key: str) -> None:
+        limit = Limit(5, period_seconds=3600)
+        decisions = await asyncio.gather(*(buckets[n % 2].take(key, limit) for n in range(40)))
+        assert sum(d.allowed for d in decisions) == 5
+
+    play(backend, scenario)
+
+
+def test_memory_buckets_forget_the_least_recently_used_first() -> None:
     async def scenario() -> None:
         buckets = MemoryBuckets(max_keys=3)
+        limit = Limit(1, period_seconds=3600)
+        assert (await buckets.take("ip:busy", limit)).allowed
         for n in range(10):
-            await buckets.take(f"ip:{n}", Limit(1))
-        # Forgetting buckets only ever grants more: a forgotten caller starts full again.
-        assert (await buckets.take("ip:0", Limit(1))).allowed
+            await buckets.take(f"ip:{n}", limit)
+            await buckets.take("ip:busy", limit, cost=0)  # in use all along: kept
+        # Still empty: a flood of other keys did not refill it.
+        assert not (await buckets.take("ip:busy", limit)).allowed
+        # The oldest of the flood was forgotten (bounded memory), so it starts full again.
+        assert (await buckets.take("ip:0", limit)).allowed
+
+    run(scenario())
+
+
+def test_failed_sign_in_buckets_outlive_a_flood_of_other_keys() -> None:
+    async def scenario() -> None:
+        buckets = MemoryBuckets(max_keys=100, max_sign_in_keys=1000)
+        limit = Limit(1, period_seconds=3600)
+        assert (await buckets.take(f"{SIGN_IN_PREFIX}account:victim", limit)).allowed
+        # An attacker cycles through made-up addresses and emails: far more keys than either
+        # bound, yet the account's bucket is never cleared with the rest.
+        for n in range(500):
+            await buckets.take(f"ip:10.0.{n // 256}.{n % 256}", limit)
+        for n in range(999):
+            await buckets.take(f"{SIGN_IN_PREFIX}account:made-up-{n}", limit)
+        assert not (await buckets.take(f"{SIGN_IN_PREFIX}account:victim", limit)).allowed
 
     run(scenario())
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -14,8 +14,11 @@ from modelport.auth.principal import ALL_SCOPES, Principal
 from modelport.auth.tokens import InvalidTokenError
 from modelport.dependencies import get_services
 from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
+from modelport.http.proxies import rate_key
+from modelport.http.uploads import is_multipart
 from modelport.ratelimit.buckets import Limit
 from modelport.services import Services
+from modelport.settings import Settings
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -32,6 +35,8 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def client_address(request: Request) -> str:
+    """The socket's address, or the client a trusted proxy named (the request middleware
+    resolved it from MODELPORT_TRUSTED_PROXIES before any route ran)."""
     return request.client.host if request.client else "unknown"
 
 
@@ -68,17 +73,50 @@ def _limit_for(principal: Principal, services: Services) -> tuple[str, Limit]:
         return f"key:{principal.api_key_id}", Limit(per_minute)
     if principal.user_id is not None:
         return f"user:{principal.user_id}", Limit(settings.rate_limit_user_per_minute)
-    return f"ip:{principal.client_address}", Limit(settings.rate_limit_anonymous_per_minute)
+    address = rate_key(principal.client_address)
+    return f"ip:{address}", Limit(settings.rate_limit_anonymous_per_minute)
 
 
-async def enforce_rate_limit(request: Request, services: Services, principal: Principal) -> None:
-    """Take one token; the middleware copies the decision into X-RateLimit-* headers."""
+Work = Literal["upload", "model_upload", "training"]
+
+
+def priced(work: Work) -> Any:
+    """A route dependency naming the work the route does, so the caller's rate-limit take costs
+    what that work costs. FastAPI solves a route's own ``dependencies`` before its parameters,
+    so this runs before the caller is identified and charged."""
+
+    async def set_price(request: Request) -> None:
+        request.state.rate_limit_work = work
+
+    return Depends(set_price)
+
+
+def request_cost(request: Request, settings: Settings) -> int:
+    """Tokens this request takes: 1 for a prediction or a read, more for heavier work; any
+    multipart body is at least an upload, whichever route it is sent to."""
+    costs = {
+        "upload": settings.rate_limit_upload_cost,
+        "model_upload": settings.rate_limit_model_upload_cost,
+        "training": settings.rate_limit_training_cost,
+    }
+    cost = costs.get(getattr(request.state, "rate_limit_work", ""), 1)
+    if is_multipart(request):
+        cost = max(cost, settings.rate_limit_upload_cost)
+    return cost
+
+
+async def enforce_rate_limit(
+    request: Request, services: Services, principal: Principal, cost: int = 1
+) -> None:
+    """Take ``cost`` tokens; the middleware copies the decision into X-RateLimit-* headers."""
     key, limit = _limit_for(principal, services)
-    decision = await services.limiter.take(key, limit)
+    cost = min(cost, limit.capacity)  # the dearest request needs a full bucket, no more
+    decision = await services.limiter.take(key, limit, cost)
     request.state.rate_limit = decision
     if not decision.allowed:
+        price = f" (this request costs {cost})" if cost > 1 else ""
         raise TooManyRequestsError(
-            f"rate limit of {limit.capacity} requests per minute reached; "
+            f"rate limit of {limit.capacity} requests per minute reached{price}; "
             f"retry in {decision.retry_after} s",
             decision.retry_after,
         )
@@ -99,7 +137,7 @@ async def get_principal(
         await enforce_rate_limit(request, services, Principal(client_address(request)))
         raise
     request.state.principal = principal
-    await enforce_rate_limit(request, services, principal)
+    await enforce_rate_limit(request, services, principal, request_cost(request, services.settings))
     return principal
 
 

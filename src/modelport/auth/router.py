@@ -33,13 +33,10 @@ from modelport.auth.schemas import (
     UserUpdateIn,
 )
 from modelport.dependencies import get_session
-from modelport.errors import (
-    ForbiddenError,
-    InvalidInputError,
-    TooManyRequestsError,
-    UnauthorizedError,
-)
+from modelport.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from modelport.http.proxies import rate_key
 from modelport.ratelimit.buckets import Limit
+from modelport.ratelimit.sign_in import SignInLimits, SignInThrottle
 from modelport.services import Services
 
 router = APIRouter(tags=["accounts"])
@@ -77,14 +74,17 @@ async def register(body: Credentials, session: Session, services: ServicesDep) -
     return UserOut.model_validate(user)
 
 
-async def _login_throttle(services: Services, keys: list[str]) -> None:
-    """Refuse while an account or address has used up its failed-login allowance."""
-    limit = Limit(services.settings.login_failures_allowed, services.settings.login_window_seconds)
-    for key in keys:
-        decision = await services.limiter.take(key, limit, cost=0)
-        if decision.remaining < 1:
-            wait = int(limit.period_seconds / limit.capacity) + 1
-            raise TooManyRequestsError(f"too many failed sign-ins; try again in {wait} s", wait)
+def _sign_in_throttle(services: Services) -> SignInThrottle:
+    settings = services.settings
+    window = settings.login_window_seconds
+    limits = SignInLimits(
+        per_pair=Limit(settings.login_failures_allowed, window),
+        per_address=Limit(settings.login_address_failures_allowed, window),
+        per_account=Limit(
+            settings.login_account_failures_allowed, settings.login_account_window_seconds
+        ),
+    )
+    return SignInThrottle(services.limiter, limits)
 
 
 def _account_key(email: str) -> str:
@@ -103,18 +103,18 @@ def _account_key(email: str) -> str:
 async def login(
     body: Credentials, request: Request, response: Response, session: Session, services: ServicesDep
 ) -> TokenPairOut:
-    email_key = f"login-fail:email:{_account_key(body.email)}"
-    address_key = f"login-fail:ip:{client_address(request)}"
-    await _login_throttle(services, [email_key, address_key])
+    # Reserved before the password is checked, so concurrent guesses are counted one by one.
+    attempt = await _sign_in_throttle(services).reserve(
+        _account_key(body.email), rate_key(client_address(request))
+    )
     try:
         user = await service.authenticate(session, body.email, body.password)
     except UnauthorizedError:
-        limit = Limit(
-            services.settings.login_failures_allowed, services.settings.login_window_seconds
-        )
-        for key in (email_key, address_key):
-            await services.limiter.take(key, limit)
+        raise  # a wrong password: the attempt stays counted
+    except BaseException:
+        await attempt.release()
         raise
+    await attempt.release()
     access, refresh = await service.issue_tokens(session, services.tokens, user)
     await session.commit()
     response.headers.update(NO_STORE)

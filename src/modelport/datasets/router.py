@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelport.auth.dependencies import Manager, Reader
+from modelport.auth.dependencies import Manager, Reader, priced
 from modelport.datasets import service
 from modelport.datasets.csv_import import parse_csv
 from modelport.datasets.schemas import DatasetListOut, DatasetOut, DatasetRowOut, DatasetRowsOut
 from modelport.dependencies import get_services, get_session
 from modelport.errors import ConflictError, ForbiddenError
+from modelport.http.uploads import form_fields, multipart_body, read_upload
 from modelport.registry.management import NAME_PATTERN, check_name
 from modelport.services import Services
 
@@ -27,6 +29,25 @@ async def list_datasets(session: Session, viewer: Reader) -> DatasetListOut:
     return DatasetListOut(items=items)
 
 
+class _DatasetForm(BaseModel):
+    """The plain fields sent with a CSV file."""
+
+    name: str = Field(max_length=64)
+    description: str = Field(default="", max_length=2000)
+    public: bool = False
+
+
+_DATASET_BODY = multipart_body(
+    "CSV with a header row",
+    {
+        "name": {"type": "string", "maxLength": 64, "examples": ["churn-2026"]},
+        "description": {"type": "string", "maxLength": 2000},
+        "public": {"type": "boolean", "default": False},
+    },
+    required=("name",),
+)
+
+
 @router.post(
     "",
     response_model=DatasetOut,
@@ -37,32 +58,33 @@ async def list_datasets(session: Session, viewer: Reader) -> DatasetListOut:
         409: {"description": "Name taken"},
         413: {"description": "Larger than MODELPORT_MAX_UPLOAD_BYTES"},
     },
+    dependencies=[priced("upload")],
+    openapi_extra=_DATASET_BODY,
 )
 async def create_dataset(
-    file: Annotated[UploadFile, File(description="CSV with a header row")],
-    name: Annotated[str, Form(max_length=64, examples=["churn-2026"])],
+    request: Request,
     session: Session,
     owner: Manager,
     services: Annotated[Services, Depends(get_services)],
-    description: Annotated[str, Form(max_length=2000)] = "",
-    public: Annotated[bool, Form()] = False,
 ) -> DatasetOut:
-    if owner.is_anonymous:
+    if owner.is_anonymous:  # settled before a byte of the file is read
         raise ForbiddenError("sign in to register datasets")
-    check_name(name, "dataset name", NAME_PATTERN)
-    if await service.find_by_name(session, name) is not None:
-        raise ConflictError(f"a dataset named {name!r} already exists")
-    parsed = parse_csv(await file.read(), services.settings.max_dataset_rows)
+    upload = await read_upload(request, "CSV")
+    form = form_fields(_DatasetForm, upload)
+    check_name(form.name, "dataset name", NAME_PATTERN)
+    if await service.find_by_name(session, form.name) is not None:
+        raise ConflictError(f"a dataset named {form.name!r} already exists")
+    parsed = parse_csv(upload.data, services.settings.max_dataset_rows)
     dataset = await service.register_dataset(
         session,
-        name=name,
+        name=form.name,
         columns=parsed.columns,
         rows=parsed.rows,
         splits=[None] * len(parsed.rows),
-        source=f"upload:{(file.filename or 'data.csv')[:200]}",
+        source=f"upload:{(upload.filename or 'data.csv')[:200]}",
         sha256=parsed.sha256,
-        description=description,
-        public=public,
+        description=form.description,
+        public=form.public,
         owner_id=owner.user_id,
     )
     await session.commit()

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: request id, body size limit, timing and the access log."""
+"""Pure-ASGI middleware: client address, request id, body size limit, timing, access log."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import logging
 import re
 import time
 import uuid
+from typing import Literal
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.http.headers import security_headers
+from modelport.http.proxies import TrustedProxies
 from modelport.monitoring.logs import request_id_var
 
 logger = logging.getLogger("modelport.access")
 error_logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = b"x-request-id"
-_MODEL_UPLOAD_PATH = re.compile(r"^/api/v1/models/[^/]+/versions/?$")
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -45,6 +46,32 @@ def _context_headers(request_id: str, started: float) -> list[tuple[bytes, bytes
     return [(REQUEST_ID_HEADER, request_id.encode()), (b"x-process-time-ms", elapsed)]
 
 
+UploadKind = Literal["file", "model"]
+
+
+class BodyLimit:
+    """One request's body limit: the JSON limit whatever the ``Content-Type`` says, until an
+    upload handler (after checking the caller) raises it to its upload limit."""
+
+    def __init__(self, json_bytes: int, upload_bytes: int, model_upload_bytes: int) -> None:
+        self.limit = json_bytes
+        self._uploads = {"file": upload_bytes, "model": model_upload_bytes}
+
+    def allow_upload(self, kind: UploadKind) -> int:
+        self.limit = self._uploads[kind]
+        return self.limit
+
+
+def body_limit_of(scope: Scope) -> BodyLimit | None:
+    limit = scope.get("state", {}).get("body_limit")
+    return limit if isinstance(limit, BodyLimit) else None
+
+
+def _declared_length(headers: dict[bytes, bytes]) -> int:
+    declared = headers.get(b"content-length", b"")
+    return int(declared) if declared.isdigit() else 0
+
+
 class RequestContextMiddleware:
     def __init__(
         self,
@@ -52,52 +79,79 @@ class RequestContextMiddleware:
         max_body_bytes: int,
         max_upload_bytes: int | None = None,
         max_model_upload_bytes: int | None = None,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.app = app
         self.max_json_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
         self.max_model_upload_bytes = max_model_upload_bytes or self.max_upload_bytes
+        self.proxies = trusted_proxies
+
+    def _with_client(self, scope: Scope) -> Scope:
+        """The scope with the client a trusted proxy named, or as the server gave it."""
+        if not self.proxies:
+            return scope
+        client = scope.get("client")
+        peer = client[0] if client else None
+        address, scheme = self.proxies.resolve(peer, scope["headers"])
+        if address == peer and scheme is None:
+            return scope
+        scope = {**scope, "client": (address, client[1] if client else 0)}
+        if scheme is not None:
+            scope["scheme"] = scheme
+        return scope
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = self._with_client(scope)
         headers = dict(scope["headers"])
-        # File uploads (multipart) may be larger than JSON bodies; each has its own limit.
-        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
-        limit = self.max_json_bytes
-        if is_upload:
-            is_model = _MODEL_UPLOAD_PATH.match(str(scope.get("path", ""))) is not None
-            limit = self.max_model_upload_bytes if is_model else self.max_upload_bytes
+        body = BodyLimit(self.max_json_bytes, self.max_upload_bytes, self.max_model_upload_bytes)
+        # Only multipart bodies can ever be allowed past the JSON limit; anything declared
+        # larger than the largest limit that could apply is refused before the app runs.
+        is_multipart = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        ceiling = (
+            max(self.max_upload_bytes, self.max_model_upload_bytes, self.max_json_bytes)
+            if is_multipart
+            else self.max_json_bytes
+        )
         given = headers.get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["body_limit"] = body
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
 
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
+        declared = _declared_length(headers)
+        if declared > ceiling:
             status = 413
-            detail = too_large_detail(limit)
-            await self._send_json(send, 413, detail, request_id, started)
+            await self._send_json(send, 413, too_large_detail(ceiling), request_id, started)
             self._log(scope, status, started, request_id)
             request_id_var.reset(token)
             return
 
+        has_body = declared > 0 or b"transfer-encoding" in headers
         received = 0
+        body_done = not has_body
         response_started = False
         too_large = False
         replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
+            nonlocal received, too_large, body_done
+            if declared > body.limit:  # refused on the first read, before any byte of it
+                too_large = True
+                raise BodyTooLargeError(body.limit)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                body_done = not message.get("more_body", False)
+                if received > body.limit:
                     too_large = True
-                    raise BodyTooLargeError(limit)
+                    raise BodyTooLargeError(body.limit)
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -109,15 +163,18 @@ class RequestContextMiddleware:
                 # A body parser (FastAPI's form reading) turned our error into its own 400:
                 # the caller gets the 413 the limit means instead, and the app's answer is dropped.
                 status, response_started, replaced = 413, True, True
-                await self._send_json(send, 413, too_large_detail(limit), request_id, started)
+                await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
                 return
-            if message["type"] == "http.response.start":
+            if is_start:
                 status = message["status"]
                 response_started = True
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *_context_headers(request_id, started),
-                ]
+                extra = _context_headers(request_id, started)
+                given_headers = message.get("headers", [])
+                if not body_done and not any(k.lower() == b"connection" for k, _ in given_headers):
+                    # Answered without reading the body (e.g. 401 before an upload): close, so
+                    # the server does not go on receiving it to find the next request.
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*given_headers, *extra]
             await send(message)
 
         try:
@@ -126,7 +183,7 @@ class RequestContextMiddleware:
             if response_started:  # the app already answered; nothing more can be sent
                 raise
             status = 413
-            await self._send_json(send, 413, too_large_detail(limit), request_id, started)
+            await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
         except Exception:
             # A bug: logged here once, with its traceback and the request id, and answered
             # with a body that quotes the id and nothing else. Not re-raised: Starlette's error

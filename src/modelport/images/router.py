@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
-from modelport.auth.dependencies import Predictor, Reader, SignedInReader, get_principal
+from modelport.auth.dependencies import Predictor, Reader, SignedInReader, get_principal, priced
 from modelport.auth.principal import Principal
 from modelport.dependencies import get_services
 from modelport.http.uploads import read_upload
@@ -79,13 +79,14 @@ def present(record: ImagePrediction) -> ImagePredictionOut:
         413: {"description": "File larger than MODELPORT_MAX_UPLOAD_BYTES"},
         422: {"description": "No file in the multipart field 'file'"},
     },
+    dependencies=[priced("upload")],
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload(
     request: Request, response: Response, caller: Predictor, services: ServicesDep
 ) -> ImageAcceptedOut:
-    # The form is read here, not by FastAPI's File(): FastAPI turns every error while parsing
-    # into a 400, so an upload streamed past MODELPORT_MAX_UPLOAD_BYTES would not get its 413.
+    # The form is read here, not by FastAPI's File(), which would read it before the caller
+    # is checked (and turn an upload streamed past its limit into a 400 instead of a 413).
     upload = await read_upload(request, "image")
     record, delete_token = await services.images.accept(caller, upload.filename, upload.data)
     if delete_token is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -54,24 +55,42 @@ def _decide(limit: Limit, tokens: float, allowed: bool, cost: float) -> Decision
 
 
 class Buckets(Protocol):
-    async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision: ...
+    async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
+        """Refill, then take ``cost`` tokens if there are that many, in one atomic step.
+        ``cost=0`` only looks; a negative cost gives tokens back (never beyond capacity)."""
+        ...
+
+
+# Keys of failed-sign-in buckets: the memory backend keeps these longest.
+SIGN_IN_PREFIX = "login-fail:"
+_State = tuple[float, float]  # (tokens, monotonic time of the last refill)
 
 
 class MemoryBuckets:
-    def __init__(self, max_keys: int = 100_000) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._max_keys = max_keys
+    """Buckets of one process, bounded by forgetting the least recently used. Forgetting a
+    bucket refills it, so failed-sign-in buckets live in a pool of their own with a larger
+    bound: a flood of other keys (or of made-up emails) never evicts them wholesale."""
+
+    def __init__(self, max_keys: int = 100_000, max_sign_in_keys: int = 200_000) -> None:
+        self._pools: dict[bool, OrderedDict[str, _State]] = {
+            False: OrderedDict(),
+            True: OrderedDict(),
+        }
+        self._bounds = {False: max_keys, True: max_sign_in_keys}
 
     async def take(self, key: str, limit: Limit, cost: float = 1.0) -> Decision:
+        # No await from read to write: concurrent takes on one event loop cannot interleave.
+        signing_in = key.startswith(SIGN_IN_PREFIX)
+        pool = self._pools[signing_in]
         now = time.monotonic()
-        tokens, stamp = self._buckets.get(key, (float(limit.capacity), now))
+        tokens, stamp = pool.pop(key, (float(limit.capacity), now))
         tokens = min(float(limit.capacity), tokens + (now - stamp) * limit.rate)
         allowed = tokens >= cost
         if allowed:
-            tokens -= cost
-        if len(self._buckets) >= self._max_keys and key not in self._buckets:
-            self._buckets.clear()  # bounded memory: forgetting buckets only ever grants more
-        self._buckets[key] = (tokens, now)
+            tokens = min(float(limit.capacity), tokens - cost)
+        pool[key] = (tokens, now)  # re-inserted: now the most recently used
+        while len(pool) > self._bounds[signing_in]:
+            pool.popitem(last=False)
         return _decide(limit, tokens, allowed, cost)
 
 
@@ -88,7 +107,7 @@ local stamp = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - stamp) * rate)
 local allowed = 0
 if tokens >= cost then
-  tokens = tokens - cost
+  tokens = math.min(capacity, tokens - cost)
   allowed = 1
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 import anyio
 import orjson
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Response, UploadFile, status
-from pydantic import ValidationError
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from modelport.auth.dependencies import Manager, Reader
+from modelport.auth.dependencies import Manager, Reader, priced
 from modelport.dependencies import get_services, get_session
 from modelport.errors import ForbiddenError, InvalidInputError
+from modelport.http.uploads import form_fields, multipart_body, read_upload
 from modelport.registry import management, service
 from modelport.registry.schemas import (
     AliasIn,
@@ -181,6 +182,26 @@ def _metrics(raw: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in data.items()}
 
 
+class _VersionForm(BaseModel):
+    """The plain fields sent with a model file."""
+
+    flavor: str | None = Field(default=None, max_length=32)
+    signature: str | None = None
+    description: str = Field(default="", max_length=2000)
+    metrics: str | None = None
+
+
+_VERSION_BODY = multipart_body(
+    "The model file",
+    {
+        "flavor": {"type": "string", "maxLength": 32, "description": "Detected if absent"},
+        "signature": {"type": "string", "description": "Signature JSON (inferred if absent)"},
+        "description": {"type": "string", "maxLength": 2000},
+        "metrics": {"type": "string", "description": 'JSON object, e.g. {"mae": 0.4}'},
+    },
+)
+
+
 @router.post(
     "/{name}/versions",
     response_model=VersionOut,
@@ -194,28 +215,29 @@ def _metrics(raw: str | None) -> dict[str, float]:
         403: {"description": "Pickle refused"},
         413: {"description": "File too large"},
     },
+    dependencies=[priced("model_upload")],
+    openapi_extra=_VERSION_BODY,
 )
 async def upload_version(
     name: ModelName,
-    file: Annotated[UploadFile, File(description="The model file")],
+    request: Request,
     session: Session,
     uploader: Manager,
     services: ServicesDep,
-    flavor: Annotated[str | None, Form(max_length=32)] = None,
-    signature: Annotated[
-        str | None, Form(description="Signature JSON (inferred if absent)")
-    ] = None,
-    description: Annotated[str, Form(max_length=2000)] = "",
-    metrics: Annotated[str | None, Form(description='JSON object, e.g. {"mae": 0.4}')] = None,
 ) -> VersionOut:
+    # Who may upload here is settled before a byte of the file is read; the connection goes
+    # back to the pool while the file arrives, and the check is made again afterwards.
+    await management.changeable_model(session, uploader, name)
+    await session.rollback()
+    upload = await read_upload(request, "model file", kind="model")
+    form = form_fields(_VersionForm, upload)
     model = await management.changeable_model(session, uploader, name)
-    data = await file.read()
     allow_pickle = services.settings.allow_pickle and uploader.is_admin
-    given_signature, given_metrics = _signature(signature), _metrics(metrics)
+    given_signature, given_metrics = _signature(form.signature), _metrics(form.metrics)
     prepared = await anyio.to_thread.run_sync(
         lambda: prepare_upload(
-            data,
-            declared_flavor=flavor or None,
+            upload.data,
+            declared_flavor=form.flavor or None,
             signature=given_signature,
             task=model.task,
             allow_pickle=allow_pickle,
@@ -227,7 +249,7 @@ async def upload_version(
         uploader,
         model,
         prepared,
-        description=description,
+        description=form.description,
         metrics=given_metrics,
     )
     await session.commit()

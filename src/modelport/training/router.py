@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from pydantic import ValidationError
 from sklearn.datasets import make_regression
 
-from modelport.auth.dependencies import Manager
+from modelport.auth.dependencies import Manager, priced
 from modelport.datasets.csv_import import parse_csv
 from modelport.dependencies import get_services
 from modelport.errors import ForbiddenError, InvalidInputError
@@ -96,6 +96,7 @@ async def _read_request(request: Request, max_rows: int) -> tuple[TrainIn, Any]:
     "gradient_boosting. Data: a registered `dataset` + `target`, inline `X` and `y`, or a CSV "
     "upload. Answers 202 with a job id; GET /api/v1/jobs/{id} shows the new version and its "
     "holdout metrics when done. The model is created (private) if it does not exist.",
+    dependencies=[priced("training")],
     openapi_extra=_TRAIN_BODY,
 )
 async def train(
@@ -104,7 +105,7 @@ async def train(
     caller: Manager,
     services: ServicesDep,
 ) -> TrainAcceptedOut:
-    if caller.is_anonymous:
+    if caller.is_anonymous:  # settled before a byte of the body is read
         raise ForbiddenError("sign in to train models")
     body, upload = await _read_request(request, services.settings.max_dataset_rows)
     job, dataset = await services.training.submit(caller, name, body, upload)
