@@ -38,15 +38,15 @@ from tests.helpers import (
 )
 from tests.ratelimit.support import REDIS_URL, require_redis
 from tests.ratelimit.support import closed_port_url as closed_redis_url
-from tests.registry.s3_server import (
+from tests.registry.support import artifact_file, linear_wine_onnx, register_onnx, serve
+from tests.serving.v2_support import live_server, matrix_input
+from tests.storage.s3_server import (
     ACCESS_KEY_ID,
     REGION,
     SECRET_ACCESS_KEY,
     MotoS3,
     closed_port_url,
 )
-from tests.registry.support import artifact_file, linear_wine_onnx, register_onnx, serve
-from tests.serving.v2_support import live_server, matrix_input
 
 # Text that only ever belongs in the server log.
 LIBRARY_TEXT = ["ONNXRuntimeError", "onnxruntime", "Traceback", "botocore", "Errno"]
