@@ -81,13 +81,15 @@ def test_no_secret_reaches_the_logs(client: TestClient, captured_logs: Callable[
     assert client.get(f"{AUTH}/me", headers=user).status_code == 200
     renewed = client.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]}).json()
     replayed = client.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]})
-    assert replayed.status_code == 401
+    assert replayed.status_code == 401  # the replay ended that session: sign in again
+    again = client.post(f"{AUTH}/login", json={"email": email, "password": PASSWORD}).json()
+    user = bearer_of(again["access_token"])
     key = client.post("/api/v1/api-keys", json={"name": "logs"}, headers=user).json()["key"]
     assert client.post("/predict", json=WINE_ROW, headers={"X-API-Key": key}).status_code == 200
-    assert client.get("/api/v1/api-keys", headers=bearer_of(renewed["access_token"])).is_success
+    assert client.get("/api/v1/api-keys", headers=user).is_success
     assert client.get(f"{AUTH}/me", headers=bearer_of(FORGED_BEARER)).status_code == 401
     assert client.get(f"{AUTH}/me", headers={"X-API-Key": UNKNOWN_KEY}).status_code == 401
-    logout = client.post(f"{AUTH}/logout", json={"refresh_token": renewed["refresh_token"]})
+    logout = client.post(f"{AUTH}/logout", json={"refresh_token": again["refresh_token"]})
     assert logout.status_code == 204
     flush_log(client)
     client.portal.call(services_of(client).key_usage.flush)  # type: ignore[union-attr]
@@ -96,6 +98,8 @@ def test_no_secret_reaches_the_logs(client: TestClient, captured_logs: Callable[
         pair["refresh_token"],
         renewed["access_token"],
         renewed["refresh_token"],
+        again["access_token"],
+        again["refresh_token"],
         key,
     ]
 
