@@ -12,16 +12,19 @@ from typing import Any
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from modelport.auth.accounts import Accounts
+from modelport.auth.context import AuthContext
 from modelport.auth.jwt_secret import load_or_create_secret
 from modelport.auth.key_usage import KeyUsageRecorder
 from modelport.auth.tokens import TokenCodec
+from modelport.changes import ChangeHub
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.images.service import CLASSIFY_JOB, ImageService
 from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
-from modelport.registry.events import RegistryChanges
+from modelport.registry.management import RegistryManager
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
@@ -42,7 +45,8 @@ class Services:
     store: ArtifactStore
     models: ModelCache
     resolver: VersionResolver
-    registry_changes: RegistryChanges
+    changes: ChangeHub
+    registry_manager: RegistryManager
     prediction_log: PredictionLogWriter
     predictions: PredictionService
     tokens: TokenCodec
@@ -51,6 +55,8 @@ class Services:
     jobs: JobRunner
     images: ImageService
     training: TrainingService
+    auth: AuthContext
+    accounts: Accounts
     redis: Redis | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,8 +73,11 @@ class Services:
             retry_seconds=settings.model_load_retry_seconds,
         )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
-        changes = RegistryChanges()
-        changes.subscribe(lambda change: resolver.invalidate())
+        changes = ChangeHub()
+        changes.subscribe(lambda change: resolver.forget(change))
+        manager = RegistryManager(
+            session_factory, store, changes, allow_pickle=settings.allow_pickle
+        )
         log = PredictionLogWriter(
             session_factory,
             spool_path=settings.prediction_log_spool,
@@ -106,6 +115,16 @@ class Services:
         runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
         training = TrainingService(session_factory, store, runner)
         runner.register(TRAIN_JOB, training.handle_job)
+        limiter = Limiter(buckets, fail_open=settings.rate_limit_fail_open)
+        key_usage = KeyUsageRecorder(session_factory)
+        auth = AuthContext(settings, session_factory, tokens, limiter, key_usage)
+        accounts = Accounts(
+            session_factory,
+            tokens,
+            changes,
+            allow_registration=settings.allow_registration,
+            default_key_rate_limit=settings.rate_limit_api_key_per_minute,
+        )
         return cls(
             settings,
             engine,
@@ -114,14 +133,17 @@ class Services:
             models,
             resolver,
             changes,
+            manager,
             log,
             predictions,
             tokens=tokens,
-            limiter=Limiter(buckets, fail_open=settings.rate_limit_fail_open),
-            key_usage=KeyUsageRecorder(session_factory),
+            limiter=limiter,
+            key_usage=key_usage,
             jobs=runner,
             images=images,
             training=training,
+            auth=auth,
+            accounts=accounts,
             redis=redis,
         )
 

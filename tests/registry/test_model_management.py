@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -401,3 +402,19 @@ def test_an_alias_move_reaches_another_replica_within_the_cache_lifetime(
             served = b.post("/predict", json=WINE_ROW).json()["model_version"]
             time.sleep(0.1)
     assert served == "1"
+
+
+def test_concurrent_uploads_to_one_model_get_consecutive_versions(
+    app_client: TestClient, alice: dict[str, str]
+) -> None:
+    assert create(app_client, alice).status_code == 201
+    files = [linear_onnx([1.0, 2.0, float(i)]) for i in range(6)]
+
+    with ThreadPoolExecutor(max_workers=len(files)) as pool:
+        answers = list(pool.map(lambda data: upload(app_client, alice, data), files))
+
+    assert [a.status_code for a in answers] == [201] * len(files), [a.text for a in answers]
+    numbers = sorted(a.json()["version"] for a in answers)
+    assert numbers == list(range(1, len(files) + 1))
+    listed = app_client.get(f"{MODELS}/linear", headers=alice).json()
+    assert sorted(v["version"] for v in listed["versions"]) == numbers

@@ -126,9 +126,9 @@ def reshape_fails_onnx() -> bytes:
 
 
 BROKEN_MODELS: dict[str, tuple[Callable[[], bytes], str]] = {
-    # what the registered file holds -> what ONNX Runtime says about it (for the log only)
+    # what the registered file holds -> what the log says about it (never the caller)
     "fails-inside-its-graph": (reshape_fails_onnx, "cannot be reshaped to the requested shape"),
-    "cannot-be-loaded": (lambda: b"\x08\x07 not a protobuf \xff" * 4, "INVALID_PROTOBUF"),
+    "cannot-be-loaded": (lambda: b"\x08\x07 not a protobuf \xff" * 4, "not a valid ONNX model"),
 }
 
 

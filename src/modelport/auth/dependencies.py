@@ -10,14 +10,14 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from modelport.auth import service
+from modelport.auth.accounts import Accounts
+from modelport.auth.context import AuthContext
 from modelport.auth.principal import ALL_SCOPES, Principal
 from modelport.auth.tokens import InvalidTokenError
-from modelport.dependencies import get_services
 from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from modelport.http.proxies import rate_key
 from modelport.http.uploads import is_multipart
 from modelport.ratelimit.buckets import Limit
-from modelport.services import Services
 from modelport.settings import Settings
 
 bearer_scheme = HTTPBearer(
@@ -31,7 +31,20 @@ api_key_scheme = APIKeyHeader(
     scheme_name="ApiKey",
     description="An API key (mp_...) from POST /api/v1/api-keys.",
 )
-ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_auth_context(request: Request) -> AuthContext:
+    auth: AuthContext = request.app.state.auth
+    return auth
+
+
+def get_accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
+AuthDep = Annotated[AuthContext, Depends(get_auth_context)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
 def client_address(request: Request) -> str:
@@ -42,32 +55,32 @@ def client_address(request: Request) -> str:
 
 async def _identify(
     request: Request,
-    services: Services,
+    auth: AuthContext,
     credentials: HTTPAuthorizationCredentials | None,
     api_key: str | None,
 ) -> Principal:
     address = client_address(request)
     if api_key:
-        async with services.session_factory() as session:
+        async with auth.session_factory() as session:
             principal = await service.principal_for_key(session, api_key, address)
         assert principal.api_key_id is not None
-        services.key_usage.touch(principal.api_key_id)
+        auth.key_usage.touch(principal.api_key_id)
         return principal
     if credentials is not None:
         try:
-            claims = services.tokens.decode(credentials.credentials, "access")
+            claims = auth.tokens.decode(credentials.credentials, "access")
         except InvalidTokenError as exc:
             raise UnauthorizedError(f"access token rejected: {exc}") from None
-        async with services.session_factory() as session:
+        async with auth.session_factory() as session:
             # One query: the account, and whether this token's session has been ended.
             user = await service.user_for_access(session, claims)
         return Principal(address, user_id=user.id, role=user.role, scopes=ALL_SCOPES)
-    scopes = {"read", "predict"} if services.settings.anonymous_predictions else {"read"}
+    scopes = {"read", "predict"} if auth.settings.anonymous_predictions else {"read"}
     return Principal(address, scopes=frozenset(scopes))
 
 
-def _limit_for(principal: Principal, services: Services) -> tuple[str, Limit]:
-    settings = services.settings
+def _limit_for(principal: Principal, auth: AuthContext) -> tuple[str, Limit]:
+    settings = auth.settings
     if principal.api_key_id is not None:
         per_minute = principal.api_key_rate_limit or settings.rate_limit_api_key_per_minute
         return f"key:{principal.api_key_id}", Limit(per_minute)
@@ -106,12 +119,12 @@ def request_cost(request: Request, settings: Settings) -> int:
 
 
 async def enforce_rate_limit(
-    request: Request, services: Services, principal: Principal, cost: int = 1
+    request: Request, auth: AuthContext, principal: Principal, cost: int = 1
 ) -> None:
     """Take ``cost`` tokens; the middleware copies the decision into X-RateLimit-* headers."""
-    key, limit = _limit_for(principal, services)
+    key, limit = _limit_for(principal, auth)
     cost = min(cost, limit.capacity)  # the dearest request needs a full bucket, no more
-    decision = await services.limiter.take(key, limit, cost)
+    decision = await auth.limiter.take(key, limit, cost)
     request.state.rate_limit = decision
     if not decision.allowed:
         price = f" (this request costs {cost})" if cost > 1 else ""
@@ -124,20 +137,20 @@ async def enforce_rate_limit(
 
 async def get_principal(
     request: Request,
-    services: ServicesDep,
+    auth: AuthDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal:
     """Identify the caller once per request, then apply their rate limit."""
     try:
-        principal = await _identify(request, services, credentials, api_key)
+        principal = await _identify(request, auth, credentials, api_key)
     except UnauthorizedError:
         # A refused credential costs its address an anonymous token, so guessing keys or
         # tokens (each one a database lookup) is throttled like any anonymous call.
-        await enforce_rate_limit(request, services, Principal(client_address(request)))
+        await enforce_rate_limit(request, auth, Principal(client_address(request)))
         raise
     request.state.principal = principal
-    await enforce_rate_limit(request, services, principal, request_cost(request, services.settings))
+    await enforce_rate_limit(request, auth, principal, request_cost(request, auth.settings))
     return principal
 
 
@@ -194,8 +207,8 @@ OPERATORS_ONLY = (
 )
 
 
-def _is_metrics_token(services: Services, credentials: HTTPAuthorizationCredentials | None) -> bool:
-    expected = services.settings.metrics_token
+def _is_metrics_token(auth: AuthContext, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected = auth.settings.metrics_token
     if expected is None or credentials is None:
         return False
     return hmac.compare_digest(
@@ -205,20 +218,20 @@ def _is_metrics_token(services: Services, credentials: HTTPAuthorizationCredenti
 
 async def _operator(
     request: Request,
-    services: Services,
+    auth: AuthContext,
     credentials: HTTPAuthorizationCredentials | None,
     api_key: str | None,
 ) -> bool | None:
     """True for the metrics token or an administrator allowed to read; False for anyone else
     who sent credentials; None when none were sent (answered without a database lookup or a
     rate-limit token, so probes stay cheap)."""
-    if _is_metrics_token(services, credentials):
+    if _is_metrics_token(auth, credentials):
         return True
     if credentials is None and not api_key:
         return None
     # Anything else is an ordinary credential: checked, and rate limited, as everywhere.
     try:
-        principal = await get_principal(request, services, credentials, api_key)
+        principal = await get_principal(request, auth, credentials, api_key)
     except UnauthorizedError as exc:
         raise UnauthorizedError(f"{OPERATORS_ONLY} ({exc.message})") from None
     return principal.is_admin and "read" in principal.scopes
@@ -226,21 +239,21 @@ async def _operator(
 
 async def optional_operator(
     request: Request,
-    services: ServicesDep,
+    auth: AuthDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> bool:
     """Whether the caller may see operator details; everyone else gets the summary."""
-    return bool(await _operator(request, services, credentials, api_key))
+    return bool(await _operator(request, auth, credentials, api_key))
 
 
 async def require_operator(
     request: Request,
-    services: ServicesDep,
+    auth: AuthDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> None:
-    allowed = await _operator(request, services, credentials, api_key)
+    allowed = await _operator(request, auth, credentials, api_key)
     if allowed is None:
         raise UnauthorizedError(OPERATORS_ONLY)
     if not allowed:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.auth import service
+from modelport.auth.accounts import Accounts
+from modelport.auth.context import AuthContext
 from modelport.auth.dependencies import (
+    AccountsDep,
     AdminDep,
+    AuthDep,
     Manager,
-    ServicesDep,
     SignedInReader,
     client_address,
     enforce_rate_limit,
@@ -32,30 +33,28 @@ from modelport.auth.schemas import (
     UserOut,
     UserUpdateIn,
 )
-from modelport.dependencies import get_session
-from modelport.errors import ForbiddenError, InvalidInputError, UnauthorizedError
+from modelport.db.dependencies import SessionDep as Session
+from modelport.errors import InvalidInputError, UnauthorizedError
 from modelport.http.proxies import rate_key
 from modelport.ratelimit.buckets import Limit
 from modelport.ratelimit.sign_in import SignInLimits, SignInThrottle
-from modelport.services import Services
 
 router = APIRouter(tags=["accounts"])
-Session = Annotated[AsyncSession, Depends(get_session)]
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-async def _anonymous_limit(request: Request, services: ServicesDep) -> None:
-    await enforce_rate_limit(request, services, Principal(client_address(request)))
+async def _anonymous_limit(request: Request, auth: AuthDep) -> None:
+    await enforce_rate_limit(request, auth, Principal(client_address(request)))
 
 
 AnonymousLimited = Depends(_anonymous_limit)
 
 
-def _token_pair(services: Services, access: str, refresh: str) -> TokenPairOut:
+def _token_pair(accounts: Accounts, access: str, refresh: str) -> TokenPairOut:
     return TokenPairOut(
         access_token=access,
         refresh_token=refresh,
-        expires_in=int(services.tokens.access_ttl.total_seconds()),
+        expires_in=int(accounts.tokens.access_ttl.total_seconds()),
     )
 
 
@@ -66,16 +65,12 @@ def _token_pair(services: Services, access: str, refresh: str) -> TokenPairOut:
     dependencies=[AnonymousLimited],
     responses={409: {"description": "Email already registered"}},
 )
-async def register(body: Credentials, session: Session, services: ServicesDep) -> UserOut:
-    if not services.settings.allow_registration:
-        raise ForbiddenError("self-registration is turned off; ask an administrator")
-    user = await service.create_user(session, body.email, body.password)
-    await session.commit()
-    return UserOut.model_validate(user)
+async def register(body: Credentials, accounts: AccountsDep) -> UserOut:
+    return UserOut.model_validate(await accounts.register(body.email, body.password))
 
 
-def _sign_in_throttle(services: Services) -> SignInThrottle:
-    settings = services.settings
+def _sign_in_throttle(auth: AuthContext) -> SignInThrottle:
+    settings = auth.settings
     window = settings.login_window_seconds
     limits = SignInLimits(
         per_pair=Limit(settings.login_failures_allowed, window),
@@ -84,7 +79,7 @@ def _sign_in_throttle(services: Services) -> SignInThrottle:
             settings.login_account_failures_allowed, settings.login_account_window_seconds
         ),
     )
-    return SignInThrottle(services.limiter, limits)
+    return SignInThrottle(auth.limiter, limits)
 
 
 def _account_key(email: str) -> str:
@@ -101,36 +96,33 @@ def _account_key(email: str) -> str:
     responses={401: {"description": "Wrong email or password"}, 429: {"description": "Slowed"}},
 )
 async def login(
-    body: Credentials, request: Request, response: Response, session: Session, services: ServicesDep
+    body: Credentials,
+    request: Request,
+    response: Response,
+    auth: AuthDep,
+    accounts: AccountsDep,
 ) -> TokenPairOut:
     # Reserved before the password is checked, so concurrent guesses are counted one by one.
-    attempt = await _sign_in_throttle(services).reserve(
+    attempt = await _sign_in_throttle(auth).reserve(
         _account_key(body.email), rate_key(client_address(request))
     )
     try:
-        user = await service.authenticate(session, body.email, body.password)
+        access, refresh = await accounts.sign_in(body.email, body.password)
     except UnauthorizedError:
         raise  # a wrong password: the attempt stays counted
     except BaseException:
         await attempt.release()
         raise
     await attempt.release()
-    access, refresh = await service.issue_tokens(session, services.tokens, user)
-    await session.commit()
     response.headers.update(NO_STORE)
-    return _token_pair(services, access, refresh)
+    return _token_pair(accounts, access, refresh)
 
 
 @router.post("/api/v1/auth/refresh", response_model=TokenPairOut, dependencies=[AnonymousLimited])
-async def refresh(
-    body: RefreshIn, response: Response, session: Session, services: ServicesDep
-) -> TokenPairOut:
-    access, new_refresh = await service.rotate_refresh_token(
-        session, services.tokens, body.refresh_token
-    )
-    await session.commit()
+async def refresh(body: RefreshIn, response: Response, accounts: AccountsDep) -> TokenPairOut:
+    access, new_refresh = await accounts.refresh(body.refresh_token)
     response.headers.update(NO_STORE)
-    return _token_pair(services, access, new_refresh)
+    return _token_pair(accounts, access, new_refresh)
 
 
 @router.post(
@@ -138,9 +130,8 @@ async def refresh(
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[AnonymousLimited],
 )
-async def logout(body: RefreshIn, session: Session, services: ServicesDep) -> Response:
-    await service.revoke_refresh_token(session, services.tokens, body.refresh_token)
-    await session.commit()
+async def logout(body: RefreshIn, accounts: AccountsDep) -> Response:
+    await accounts.sign_out(body.refresh_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -162,23 +153,19 @@ async def me(principal: SignedInReader, session: Session) -> UserOut:
 async def create_api_key(
     body: ApiKeyCreateIn,
     principal: Manager,
-    session: Session,
     response: Response,
-    services: ServicesDep,
+    accounts: AccountsDep,
 ) -> ApiKeyCreatedOut:
     """A key can do no more than the credentials that create it; one made with another key
     expires no later than that key (a default lifetime is cut to fit, a longer one refused)."""
     asked = body.model_fields_set
-    key, plaintext = await service.create_api_key(
-        session,
+    key, plaintext = await accounts.create_api_key(
         principal,
         name=body.name,
         scopes=list(body.scopes),
         expires_in_days=body.expires_in_days if "expires_in_days" in asked else None,
         rate_limit_per_minute=body.rate_limit_per_minute,
-        default_rate_limit=services.settings.rate_limit_api_key_per_minute,
     )
-    await session.commit()
     response.headers.update(NO_STORE)
     return ApiKeyCreatedOut(**ApiKeyOut.model_validate(key).model_dump(), key=plaintext)
 
@@ -200,32 +187,21 @@ async def update_api_key(
     key_id: uuid.UUID,
     body: ApiKeyUpdateIn,
     principal: Manager,
-    session: Session,
-    services: ServicesDep,
+    accounts: AccountsDep,
 ) -> ApiKeyOut:
     changes: dict[str, Any] = {"name": body.name, "scopes": body.scopes}
     if "rate_limit_per_minute" in body.model_fields_set:
         changes["rate_limit_per_minute"] = body.rate_limit_per_minute
-    key = await service.update_api_key(
-        session,
-        principal,
-        key_id,
-        default_rate_limit=services.settings.rate_limit_api_key_per_minute,
-        **changes,
-    )
-    await session.commit()
+    key = await accounts.update_api_key(principal, key_id, changes)
     return ApiKeyOut.model_validate(key)
 
 
 @router.delete(
     "/api/v1/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["api keys"]
 )
-async def revoke_api_key(key_id: uuid.UUID, principal: Manager, session: Session) -> Response:
+async def revoke_api_key(key_id: uuid.UUID, principal: Manager, accounts: AccountsDep) -> Response:
     """Revoke the key: every replica refuses it from the next request on."""
-    key = await service.get_api_key(session, principal, key_id)
-    if key.revoked_at is None:
-        key.revoked_at = datetime.now(UTC)
-        await session.commit()
+    await accounts.revoke_api_key(principal, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -245,14 +221,9 @@ async def list_users(
 
 @router.patch("/api/v1/users/{user_id}", response_model=UserOut, tags=["users"])
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdateIn, _: AdminDep, session: Session
+    user_id: uuid.UUID, body: UserUpdateIn, _: AdminDep, accounts: AccountsDep
 ) -> UserOut:
     """Disable or enable an account, or change its role. Administrators only. Disabling ends
     the account's sessions for good: enabling it again does not revive them."""
-    user = await service.get_user(session, user_id)
-    if body.role is not None:
-        user.role = body.role
-    if body.disabled is not None:
-        service.set_disabled(user, body.disabled)
-    await session.commit()
+    user = await accounts.update_user(user_id, role=body.role, disabled=body.disabled)
     return UserOut.model_validate(user)

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -49,7 +50,9 @@ async def create_user(session: AsyncSession, email: str, password: str, role: st
     _check_password(password, email)
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
         raise ConflictError(f"an account for {email} already exists")
-    user = User(email=email, password_hash=hash_password(password), role=role)
+    # Argon2 is made to be slow (tens of ms): hashed in a worker thread, not on the loop.
+    password_hash = await anyio.to_thread.run_sync(hash_password, password)
+    user = User(email=email, password_hash=password_hash, role=role)
     session.add(user)
     try:
         await session.flush()
@@ -65,7 +68,8 @@ async def authenticate(session: AsyncSession, email: str, password: str) -> User
     except InvalidInputError:
         email = ""
     user = await session.scalar(select(User).where(User.email == email)) if email else None
-    if not verify_password(user.password_hash if user else None, password) or user is None:
+    stored_hash = user.password_hash if user else None
+    if not await anyio.to_thread.run_sync(verify_password, stored_hash, password) or user is None:
         raise UnauthorizedError("email or password is wrong")
     if user.disabled:
         raise ForbiddenError("this account is disabled; ask an administrator")
@@ -142,7 +146,17 @@ async def revoke_refresh_token(session: AsyncSession, codec: TokenCodec, token: 
     await _revoke_family(session, stored.family_id, datetime.now(UTC))
 
 
+def revoked_families(session: AsyncSession) -> list[uuid.UUID]:
+    """The sessions (refresh families) ended in this unit of work, to announce after commit."""
+    families: list[uuid.UUID] = session.info.setdefault(_REVOKED_FAMILIES, [])
+    return families
+
+
+_REVOKED_FAMILIES = "modelport.revoked_families"
+
+
 async def _revoke_family(session: AsyncSession, family_id: uuid.UUID, now: datetime) -> None:
+    revoked_families(session).append(family_id)
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))

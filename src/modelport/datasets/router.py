@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import BaseModel, Field
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.auth.dependencies import Manager, Reader, priced
 from modelport.datasets import service
-from modelport.datasets.csv_import import parse_csv
 from modelport.datasets.schemas import DatasetListOut, DatasetOut, DatasetRowOut, DatasetRowsOut
-from modelport.dependencies import get_services, get_session
-from modelport.errors import ConflictError, ForbiddenError
+from modelport.db.dependencies import SessionDep as Session
+from modelport.db.dependencies import SessionFactoryDep
+from modelport.errors import ForbiddenError
+from modelport.http.dependencies import SettingsDep
 from modelport.http.uploads import form_fields, multipart_body, read_upload
-from modelport.registry.management import NAME_PATTERN, check_name
-from modelport.services import Services
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
-Session = Annotated[AsyncSession, Depends(get_session)]
 DatasetName = Annotated[str, Path(max_length=128, description="Dataset name")]
 
 
@@ -63,31 +60,16 @@ _DATASET_BODY = multipart_body(
 )
 async def create_dataset(
     request: Request,
-    session: Session,
+    sessions: SessionFactoryDep,
     owner: Manager,
-    services: Annotated[Services, Depends(get_services)],
+    settings: SettingsDep,
 ) -> DatasetOut:
     if owner.is_anonymous:  # settled before a byte of the file is read
         raise ForbiddenError("sign in to register datasets")
     upload = await read_upload(request, "CSV")
     form = form_fields(_DatasetForm, upload)
-    check_name(form.name, "dataset name", NAME_PATTERN)
-    if await service.find_by_name(session, form.name) is not None:
-        raise ConflictError(f"a dataset named {form.name!r} already exists")
-    parsed = parse_csv(upload.data, services.settings.max_dataset_rows)
-    dataset = await service.register_dataset(
-        session,
-        name=form.name,
-        columns=parsed.columns,
-        rows=parsed.rows,
-        splits=[None] * len(parsed.rows),
-        source=f"upload:{(upload.filename or 'data.csv')[:200]}",
-        sha256=parsed.sha256,
-        description=form.description,
-        public=form.public,
-        owner_id=owner.user_id,
-    )
-    await session.commit()
+    csv = service.CsvUpload(form.name, form.description, form.public, upload.filename, upload.data)
+    dataset = await service.import_csv(sessions, owner, csv, settings.max_dataset_rows)
     return DatasetOut.model_validate(dataset)
 
 

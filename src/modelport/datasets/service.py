@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from sqlalchemy import insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
+from modelport.datasets.csv_import import parse_csv
 from modelport.datasets.tables import Dataset, DatasetRow
-from modelport.errors import NotFoundError
+from modelport.errors import ConflictError, ForbiddenError, NotFoundError
+from modelport.registry.management import NAME_PATTERN, check_name
 
 _INSERT_CHUNK = 1000
 
@@ -94,3 +98,44 @@ async def get_rows(
         .limit(limit)
     )
     return list(result)
+
+
+async def import_csv(
+    sessions: async_sessionmaker[AsyncSession],
+    owner: Principal,
+    upload: CsvUpload,
+    max_rows: int,
+) -> Dataset:
+    """Register an uploaded CSV as a dataset owned by ``owner``: one unit of work."""
+    if owner.is_anonymous:
+        raise ForbiddenError("sign in to register datasets")
+    check_name(upload.name, "dataset name", NAME_PATTERN)
+    async with sessions() as session:
+        if await find_by_name(session, upload.name) is not None:
+            raise ConflictError(f"a dataset named {upload.name!r} already exists")
+    # Parsing a large CSV takes seconds of CPU: a worker thread, not the event loop.
+    parsed = await anyio.to_thread.run_sync(parse_csv, upload.data, max_rows)
+    async with sessions() as session:
+        dataset = await register_dataset(
+            session,
+            name=upload.name,
+            columns=parsed.columns,
+            rows=parsed.rows,
+            splits=[None] * len(parsed.rows),
+            source=f"upload:{(upload.filename or 'data.csv')[:200]}",
+            sha256=parsed.sha256,
+            description=upload.description,
+            public=upload.public,
+            owner_id=owner.user_id,
+        )
+        await session.commit()
+    return dataset
+
+
+@dataclass(frozen=True)
+class CsvUpload:
+    name: str
+    description: str
+    public: bool
+    filename: str | None
+    data: bytes

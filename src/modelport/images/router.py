@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from modelport.auth.dependencies import Predictor, Reader, SignedInReader, get_principal, priced
 from modelport.auth.principal import Principal
-from modelport.dependencies import get_services
 from modelport.http.uploads import read_upload
+from modelport.images.dependencies import ImageServiceDep
 from modelport.images.schemas import (
     CorrectionIn,
     CorrectionOut,
@@ -20,10 +20,8 @@ from modelport.images.schemas import (
     ImageStatus,
 )
 from modelport.images.tables import ImagePrediction
-from modelport.services import Services
 
 router = APIRouter(prefix="/api/v1/images/predictions", tags=["images"])
-ServicesDep = Annotated[Services, Depends(get_services)]
 AnyCaller = Annotated[Principal, Depends(get_principal)]
 DeleteToken = Annotated[
     str | None,
@@ -83,12 +81,12 @@ def present(record: ImagePrediction) -> ImagePredictionOut:
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload(
-    request: Request, response: Response, caller: Predictor, services: ServicesDep
+    request: Request, response: Response, caller: Predictor, images: ImageServiceDep
 ) -> ImageAcceptedOut:
     # The form is read here, not by FastAPI's File(), which would read it before the caller
     # is checked (and turn an upload streamed past its limit into a 400 instead of a 413).
     upload = await read_upload(request, "image")
-    record, delete_token = await services.images.accept(caller, upload.filename, upload.data)
+    record, delete_token = await images.accept(caller, upload.filename, upload.data)
     if delete_token is not None:
         response.headers["Cache-Control"] = "no-store"  # the token is shown once
     return ImageAcceptedOut(
@@ -103,13 +101,13 @@ async def upload(
 @router.get("", response_model=ImagePredictionPageOut, summary="Your image predictions")
 async def list_images(
     viewer: SignedInReader,
-    services: ServicesDep,
+    images: ImageServiceDep,
     status_filter: Annotated[ImageStatus | None, Query(alias="status")] = None,
     label: Annotated[str | None, Query(max_length=128)] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ImagePredictionPageOut:
-    records, total = await services.images.list(
+    records, total = await images.list(
         viewer, status=status_filter, label=label, offset=offset, limit=limit
     )
     return ImagePredictionPageOut(
@@ -119,9 +117,9 @@ async def list_images(
 
 @router.get("/{image_id}", response_model=ImagePredictionOut, summary="One image's result")
 async def get_image(
-    image_id: uuid.UUID, caller: Reader, services: ServicesDep
+    image_id: uuid.UUID, caller: Reader, images: ImageServiceDep
 ) -> ImagePredictionOut:
-    return present(await services.images.get(caller, image_id))
+    return present(await images.get(caller, image_id))
 
 
 @router.put("/{image_id}", response_model=ImagePredictionOut, summary="Record a human correction")
@@ -129,14 +127,12 @@ async def correct_image(
     image_id: uuid.UUID,
     body: CorrectionIn,
     caller: AnyCaller,
-    services: ServicesDep,
+    images: ImageServiceDep,
     delete_token: DeleteToken = None,
 ) -> ImagePredictionOut:
     """The owner or an administrator (an API key needs 'manage'); for an anonymous upload,
     whoever holds its delete token."""
-    record = await services.images.correct(
-        caller, image_id, body.label, body.confidence, delete_token
-    )
+    record = await images.correct(caller, image_id, body.label, body.confidence, delete_token)
     return present(record)
 
 
@@ -146,9 +142,12 @@ async def correct_image(
     summary="Delete the result and the stored image",
 )
 async def delete_image(
-    image_id: uuid.UUID, caller: AnyCaller, services: ServicesDep, delete_token: DeleteToken = None
+    image_id: uuid.UUID,
+    caller: AnyCaller,
+    images: ImageServiceDep,
+    delete_token: DeleteToken = None,
 ) -> Response:
     """The owner or an administrator (an API key needs 'manage'); for an anonymous upload,
     whoever holds its delete token."""
-    await services.images.delete(caller, image_id, delete_token)
+    await images.delete(caller, image_id, delete_token)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

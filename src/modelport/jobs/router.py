@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.auth.dependencies import Reader
-from modelport.dependencies import get_session
+from modelport.db.dependencies import get_session
 from modelport.jobs import service
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])

@@ -3,28 +3,67 @@ for operators (the metrics token, or an administrator)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelport import __version__
 from modelport.auth.dependencies import IsOperator, require_operator
+from modelport.db.dependencies import get_engine
 from modelport.db.engine import database_is_reachable
-from modelport.dependencies import get_services
+from modelport.monitoring.dependencies import get_prediction_log
+from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.monitoring.schemas import ComponentOut, HealthOut, RootStatusOut
-from modelport.services import Services
 
 router = APIRouter(tags=["health"])
-ServicesDep = Annotated[Services, Depends(get_services)]
 LOG_WRITE_FAILED = "the last write to the database failed; the server log has the cause"
 
 
+class _Ref(Protocol):
+    model_name: str
+    version: int
+
+
+class _Loaded(Protocol):
+    @property
+    def ref(self) -> _Ref: ...
+
+
+class LoadedModels(Protocol):
+    """What health reads of the model cache (which lives above this package, in serving)."""
+
+    def loaded(self) -> Sequence[_Loaded]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class HealthParts:
+    engine: AsyncEngine
+    models: LoadedModels
+    prediction_log: PredictionLogWriter
+
+
+def get_health_parts(
+    request: Request,
+    engine: Annotated[AsyncEngine, Depends(get_engine)],
+    prediction_log: Annotated[PredictionLogWriter, Depends(get_prediction_log)],
+) -> HealthParts:
+    return HealthParts(engine, request.app.state.models, prediction_log)
+
+
+PartsDep = Annotated[HealthParts, Depends(get_health_parts)]
+
+
 @router.get("/", response_model=RootStatusOut, summary="Service status at a glance")
-async def root(services: ServicesDep) -> RootStatusOut:
-    database = await database_is_reachable(services.engine)
-    model_loaded = bool(services.models.loaded())
+async def root(parts: PartsDep) -> RootStatusOut:
+    database = await database_is_reachable(parts.engine)
+    model_loaded = bool(parts.models.loaded())
     return RootStatusOut(
         status="ok" if database and model_loaded else "degraded",
         model_loaded=model_loaded,
@@ -45,8 +84,8 @@ async def ping() -> dict[str, str]:
     description="Operators (the MODELPORT_METRICS_TOKEN as a Bearer token, or an administrator) "
     "see each component's details; everyone else sees only whether each is up.",
 )
-async def health(services: ServicesDep, operator: IsOperator) -> HealthOut:
-    report = await _health(services)
+async def health(parts: PartsDep, operator: IsOperator) -> HealthOut:
+    report = await _health(parts)
     return report if operator else _without_details(report)
 
 
@@ -61,9 +100,9 @@ async def live() -> dict[str, str]:
     summary="Readiness: 503 while the database is unreachable or no model is loaded",
     responses={503: {"model": HealthOut, "description": "Not ready"}},
 )
-async def ready(services: ServicesDep) -> JSONResponse:
+async def ready(parts: PartsDep) -> JSONResponse:
     # Probes need the verdict, not the details (model names are not everyone's to read).
-    report = _without_details(await _health(services))
+    report = _without_details(await _health(parts))
     status_code = 200 if report.status == "ok" else 503
     return JSONResponse(report.model_dump(mode="json"), status_code=status_code)
 
@@ -82,17 +121,17 @@ async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _health(services: Services) -> HealthOut:
-    database = await database_is_reachable(services.engine)
-    loaded = services.models.loaded()
-    log = services.prediction_log
+async def _health(parts: HealthParts) -> HealthOut:
+    database = await database_is_reachable(parts.engine)
+    loaded = parts.models.loaded()
+    log = parts.prediction_log
     components = {
         "database": ComponentOut(status="up" if database else "down"),
         "models": ComponentOut(
             status="up" if loaded else "down",
             detail={
                 "loaded": [f"{m.ref.model_name}:{m.ref.version}" for m in loaded],
-                "cache": services.models.stats(),
+                "cache": parts.models.stats(),
             },
         ),
         "prediction_log": ComponentOut(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.auth.dependencies import SignedInReader
-from modelport.dependencies import get_session
+from modelport.db.dependencies import get_session
 from modelport.monitoring import service
 from modelport.monitoring.schemas import PredictionPageOut, PredictionRecordOut, PredictionStatus
 

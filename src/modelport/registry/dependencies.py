@@ -1,4 +1,4 @@
-"""FastAPI providers for the registry's shared parts the app factory puts on ``app.state``."""
+"""FastAPI provider for the registry manager the app factory puts on ``app.state``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from modelport.registry.events import RegistryChanges
-from modelport.storage.protocol import ArtifactStore
+from modelport.registry.management import RegistryManager
 
 
-def get_registry_changes(request: Request) -> RegistryChanges:
-    changes: RegistryChanges = request.app.state.registry_changes
-    return changes
+def get_registry_manager(request: Request) -> RegistryManager:
+    manager: RegistryManager = request.app.state.registry_manager
+    return manager
 
 
-def get_artifact_store(request: Request) -> ArtifactStore:
-    store: ArtifactStore = request.app.state.store
-    return store
-
-
-RegistryChangesDep = Annotated[RegistryChanges, Depends(get_registry_changes)]
-ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_artifact_store)]
+ManagerDep = Annotated[RegistryManager, Depends(get_registry_manager)]

@@ -9,14 +9,18 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
+from modelport.changes import Change, ChangeHub, Topic
 from modelport.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from modelport.registry import service
+from modelport.registry.schemas import VersionForm
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
-from modelport.runtimes.registration import PreparedModel
+from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.storage.protocol import ArtifactStore
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -141,3 +145,171 @@ async def remove_alias(session: AsyncSession, model: Model, alias: str) -> None:
     if existing is None:
         raise NotFoundError(f"model {model.name!r} has no alias {alias!r}")
     await session.delete(existing)
+
+
+# Concurrent uploads to one model may pick the same next version number; the loser's insert
+# fails on the (model, version) key and its unit of work is run again with the next number.
+VERSION_NUMBER_ATTEMPTS = 5
+
+
+class RegistryManager:
+    """Every change to the registry as one unit of work: check, write, commit, then announce
+    the change (the resolver and other replicas forget what they remembered of the model)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        store: ArtifactStore,
+        changes: ChangeHub,
+        *,
+        allow_pickle: bool,
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._changes = changes
+        self._allow_pickle = allow_pickle
+
+    def _announce(self, topic: Topic, model_name: str) -> None:
+        self._changes.publish(Change(topic, model_name))
+
+    async def create_model(
+        self, owner: Principal, *, name: str, description: str, task: str, public: bool
+    ) -> Model:
+        if owner.is_anonymous:
+            raise ForbiddenError("sign in to create models")
+        async with self._sessions() as session:
+            await create_model(
+                session, owner, name=name, description=description, task=task, public=public
+            )
+            await session.commit()
+            model = await service.get_model(session, name)
+        self._announce("model", name)
+        return model
+
+    async def update_model(
+        self, editor: Principal, name: str, *, description: str | None, public: bool | None
+    ) -> Model:
+        async with self._sessions() as session:
+            model = await changeable_model(session, editor, name)
+            if description is not None:
+                model.description = description
+            if public is not None:
+                model.public = public
+            await session.commit()
+            model = await service.get_model(session, name)
+        self._announce("model", name)  # visibility is part of what the resolver remembers
+        return model
+
+    async def delete_model(self, editor: Principal, name: str) -> None:
+        async with self._sessions() as session:
+            soft_delete(await changeable_model(session, editor, name))
+            await session.commit()
+        self._announce("model", name)
+
+    async def restore_model(self, admin: Principal, name: str) -> Model:
+        if not admin.is_admin:
+            raise ForbiddenError("only administrators may restore deleted models")
+        async with self._sessions() as session:
+            restore(await service.get_visible_model(session, admin, name, include_deleted=True))
+            await session.commit()
+            model = await service.get_model(session, name)
+        self._announce("model", name)
+        return model
+
+    async def check_uploader(self, uploader: Principal, name: str) -> None:
+        """Settle who may upload to ``name`` before a byte of the file is read."""
+        async with self._sessions() as session:
+            await changeable_model(session, uploader, name)
+
+    async def upload_version(
+        self, uploader: Principal, name: str, data: bytes, form: VersionForm
+    ) -> ModelVersion:
+        """Check, convert and verify the file (in a worker thread), store it, and add it as the
+        model's next version."""
+        signature, metrics = form.signature_spec(), form.metric_values()
+        async with self._sessions() as session:
+            task = (await changeable_model(session, uploader, name)).task
+        allow_pickle = self._allow_pickle and uploader.is_admin
+        prepared = await anyio.to_thread.run_sync(
+            lambda: prepare_upload(
+                data,
+                declared_flavor=form.flavor or None,
+                signature=signature,
+                task=task,
+                allow_pickle=allow_pickle,
+            )
+        )
+        for _ in range(VERSION_NUMBER_ATTEMPTS):
+            async with self._sessions() as session:
+                model = await changeable_model(session, uploader, name)
+                try:
+                    version = await add_version(
+                        session,
+                        self._store,
+                        uploader,
+                        model,
+                        prepared,
+                        description=form.description,
+                        metrics=metrics,
+                    )
+                    await session.commit()
+                except IntegrityError:  # another upload took this number first
+                    await session.rollback()
+                    continue
+            self._announce("version", name)
+            return version
+        raise ConflictError(
+            f"other uploads to model {name!r} were registered at the same moment; try again"
+        )
+
+    async def update_version(
+        self,
+        editor: Principal,
+        name: str,
+        number: int,
+        *,
+        description: str | None,
+        metrics: dict[str, float] | None,
+    ) -> ModelVersion:
+        async with self._sessions() as session:
+            version = service.find_version(await changeable_model(session, editor, name), number)
+            if description is not None:
+                version.description = description
+            if metrics is not None:
+                version.metrics = metrics
+            await session.commit()
+        self._announce("version", name)
+        return version
+
+    async def delete_version(self, editor: Principal, name: str, number: int) -> None:
+        async with self._sessions() as session:
+            model = await changeable_model(session, editor, name)
+            soft_delete(service.find_version(model, number))
+            await session.commit()
+        self._announce("version", name)
+
+    async def restore_version(self, admin: Principal, name: str, number: int) -> ModelVersion:
+        if not admin.is_admin:
+            raise ForbiddenError("only administrators may restore deleted versions")
+        async with self._sessions() as session:
+            model = await service.get_visible_model(session, admin, name)
+            version = service.find_version(model, number, include_deleted=True)
+            restore(version)
+            await session.commit()
+        self._announce("version", name)
+        return version
+
+    async def point_alias(self, editor: Principal, name: str, alias: str, number: int) -> int:
+        """Point ``alias`` at version ``number``; the version number it now names."""
+        async with self._sessions() as session:
+            model = await changeable_model(session, editor, name)
+            version = await point_alias(session, model, alias, number)
+            await session.commit()
+        self._announce("alias", name)
+        return version.version
+
+    async def remove_alias(self, editor: Principal, name: str, alias: str) -> None:
+        async with self._sessions() as session:
+            await remove_alias(session, await changeable_model(session, editor, name), alias)
+            await session.commit()
+        self._announce("alias", name)

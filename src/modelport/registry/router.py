@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import anyio
-import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from modelport.auth.dependencies import Manager, Reader, priced
-from modelport.dependencies import get_services, get_session
-from modelport.errors import ForbiddenError, InvalidInputError
+from modelport.db.dependencies import SessionDep as Session
 from modelport.http.uploads import form_fields, multipart_body, read_upload
-from modelport.registry import management, service
+from modelport.registry import service
+from modelport.registry.dependencies import ManagerDep
 from modelport.registry.schemas import (
     AliasIn,
     AliasOut,
@@ -25,16 +21,12 @@ from modelport.registry.schemas import (
     ModelSort,
     ModelUpdateIn,
     Task,
+    VersionForm,
     VersionOut,
     VersionUpdateIn,
 )
-from modelport.runtimes.registration import prepare_upload
-from modelport.runtimes.signature import Signature
-from modelport.services import Services
 
 router = APIRouter(prefix="/api/v1/models", tags=["registry"])
-Session = Annotated[AsyncSession, Depends(get_session)]
-ServicesDep = Annotated[Services, Depends(get_services)]
 ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wine-quality")]
 VersionNumber = Annotated[int, Path(ge=1)]
 AliasName = Annotated[str, Path(max_length=64, description="e.g. production, staging")]
@@ -65,19 +57,11 @@ async def list_models(
     status_code=status.HTTP_201_CREATED,
     summary="Create a model (then upload versions to it)",
 )
-async def create_model(body: ModelCreateIn, session: Session, owner: Manager) -> ModelOut:
-    if owner.is_anonymous:
-        raise ForbiddenError("sign in to create models")
-    model = await management.create_model(
-        session,
-        owner,
-        name=body.name,
-        description=body.description,
-        task=body.task,
-        public=body.public,
+async def create_model(body: ModelCreateIn, manager: ManagerDep, owner: Manager) -> ModelOut:
+    model = await manager.create_model(
+        owner, name=body.name, description=body.description, task=body.task, public=body.public
     )
-    await session.commit()
-    return ModelOut.of(await service.get_model(session, model.name))
+    return ModelOut.of(model)
 
 
 @router.get("/{name}", response_model=ModelDetailOut, summary="One model with its versions")
@@ -96,18 +80,13 @@ async def get_model(
 async def update_model(
     name: ModelName,
     body: ModelUpdateIn,
-    session: Session,
+    manager: ManagerDep,
     editor: Manager,
-    services: ServicesDep,
 ) -> ModelDetailOut:
-    model = await management.changeable_model(session, editor, name)
-    if body.description is not None:
-        model.description = body.description
-    if body.public is not None:
-        model.public = body.public
-    await session.commit()
-    services.resolver.invalidate()  # visibility is part of what the resolver remembers
-    return ModelDetailOut.of(await service.get_model(session, name))
+    model = await manager.update_model(
+        editor, name, description=body.description, public=body.public
+    )
+    return ModelDetailOut.of(model)
 
 
 @router.delete(
@@ -115,80 +94,14 @@ async def update_model(
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a model (soft: never served again, an admin can restore it)",
 )
-async def delete_model(
-    name: ModelName, session: Session, editor: Manager, services: ServicesDep
-) -> Response:
-    management.soft_delete(await management.changeable_model(session, editor, name))
-    await session.commit()
-    services.resolver.invalidate()
+async def delete_model(name: ModelName, manager: ManagerDep, editor: Manager) -> Response:
+    await manager.delete_model(editor, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/restore", response_model=ModelDetailOut, summary="Restore (admins)")
-async def restore_model(
-    name: ModelName, session: Session, admin: Manager, services: ServicesDep
-) -> ModelDetailOut:
-    if not admin.is_admin:
-        raise ForbiddenError("only administrators may restore deleted models")
-    model = await service.get_visible_model(session, admin, name, include_deleted=True)
-    management.restore(model)
-    await session.commit()
-    services.resolver.invalidate()
-    return ModelDetailOut.of(await service.get_model(session, name))
-
-
-def _json_field(raw: str | None, field: str) -> Any:
-    if raw is None or raw == "":
-        return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"{field}: not valid JSON ({exc})",
-            [{"loc": ["body", field], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}],
-        ) from None
-
-
-def _signature(raw: str | None) -> Signature | None:
-    data = _json_field(raw, "signature")
-    if data is None:
-        return None
-    try:
-        return Signature.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ["body", "signature", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_context=False, include_input=False)
-        ]
-        raise InvalidInputError(f"signature: {errors[0]['msg']}", errors) from None
-
-
-def _metrics(raw: str | None) -> dict[str, float]:
-    data = _json_field(raw, "metrics") or {}
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-        for k, v in data.items()
-    ):
-        raise InvalidInputError(
-            'metrics must be a JSON object of numbers, e.g. {"mae": 0.42}',
-            [
-                {
-                    "loc": ["body", "metrics"],
-                    "msg": "object of numbers expected",
-                    "type": "dict_type",
-                }
-            ],
-        )
-    return {k: float(v) for k, v in data.items()}
-
-
-class _VersionForm(BaseModel):
-    """The plain fields sent with a model file."""
-
-    flavor: str | None = Field(default=None, max_length=32)
-    signature: str | None = None
-    description: str = Field(default="", max_length=2000)
-    metrics: str | None = None
+async def restore_model(name: ModelName, manager: ManagerDep, admin: Manager) -> ModelDetailOut:
+    return ModelDetailOut.of(await manager.restore_model(admin, name))
 
 
 _VERSION_BODY = multipart_body(
@@ -221,40 +134,14 @@ _VERSION_BODY = multipart_body(
 async def upload_version(
     name: ModelName,
     request: Request,
-    session: Session,
+    manager: ManagerDep,
     uploader: Manager,
-    services: ServicesDep,
 ) -> VersionOut:
-    # Who may upload here is settled before a byte of the file is read; the connection goes
-    # back to the pool while the file arrives, and the check is made again afterwards.
-    await management.changeable_model(session, uploader, name)
-    await session.rollback()
+    # Who may upload here is settled before a byte of the file is read (and again after).
+    await manager.check_uploader(uploader, name)
     upload = await read_upload(request, "model file", kind="model")
-    form = form_fields(_VersionForm, upload)
-    model = await management.changeable_model(session, uploader, name)
-    allow_pickle = services.settings.allow_pickle and uploader.is_admin
-    given_signature, given_metrics = _signature(form.signature), _metrics(form.metrics)
-    prepared = await anyio.to_thread.run_sync(
-        lambda: prepare_upload(
-            upload.data,
-            declared_flavor=form.flavor or None,
-            signature=given_signature,
-            task=model.task,
-            allow_pickle=allow_pickle,
-        )
-    )
-    version = await management.add_version(
-        session,
-        services.store,
-        uploader,
-        model,
-        prepared,
-        description=form.description,
-        metrics=given_metrics,
-    )
-    await session.commit()
-    services.resolver.invalidate()
-    return VersionOut.of(version)
+    form = form_fields(VersionForm, upload)
+    return VersionOut.of(await manager.upload_version(uploader, name, upload.data, form))
 
 
 @router.get("/{name}/versions/{version}", response_model=VersionOut, summary="One version")
@@ -276,16 +163,12 @@ async def update_version(
     name: ModelName,
     version: VersionNumber,
     body: VersionUpdateIn,
-    session: Session,
+    manager: ManagerDep,
     editor: Manager,
 ) -> VersionOut:
-    model = await management.changeable_model(session, editor, name)
-    found = service.find_version(model, version)
-    if body.description is not None:
-        found.description = body.description
-    if body.metrics is not None:
-        found.metrics = body.metrics
-    await session.commit()
+    found = await manager.update_version(
+        editor, name, version, description=body.description, metrics=body.metrics
+    )
     return VersionOut.of(found)
 
 
@@ -297,14 +180,10 @@ async def update_version(
 async def delete_version(
     name: ModelName,
     version: VersionNumber,
-    session: Session,
+    manager: ManagerDep,
     editor: Manager,
-    services: ServicesDep,
 ) -> Response:
-    model = await management.changeable_model(session, editor, name)
-    management.soft_delete(service.find_version(model, version))
-    await session.commit()
-    services.resolver.invalidate()
+    await manager.delete_version(editor, name, version)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -316,18 +195,10 @@ async def delete_version(
 async def restore_version(
     name: ModelName,
     version: VersionNumber,
-    session: Session,
+    manager: ManagerDep,
     admin: Manager,
-    services: ServicesDep,
 ) -> VersionOut:
-    if not admin.is_admin:
-        raise ForbiddenError("only administrators may restore deleted versions")
-    model = await service.get_visible_model(session, admin, name)
-    found = service.find_version(model, version, include_deleted=True)
-    management.restore(found)
-    await session.commit()
-    services.resolver.invalidate()
-    return VersionOut.of(found)
+    return VersionOut.of(await manager.restore_version(admin, name, version))
 
 
 @router.put(
@@ -339,25 +210,18 @@ async def put_alias(
     name: ModelName,
     alias: AliasName,
     body: AliasIn,
-    session: Session,
+    manager: ManagerDep,
     editor: Manager,
-    services: ServicesDep,
 ) -> AliasOut:
-    model = await management.changeable_model(session, editor, name)
-    version = await management.point_alias(session, model, alias, body.version)
-    await session.commit()
-    services.resolver.invalidate()  # here at once; other replicas within the cache lifetime
-    return AliasOut(model=name, alias=alias, version=version.version)
+    number = await manager.point_alias(editor, name, alias, body.version)
+    return AliasOut(model=name, alias=alias, version=number)
 
 
 @router.delete(
     "/{name}/aliases/{alias}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an alias"
 )
 async def delete_alias(
-    name: ModelName, alias: AliasName, session: Session, editor: Manager, services: ServicesDep
+    name: ModelName, alias: AliasName, manager: ManagerDep, editor: Manager
 ) -> Response:
-    model = await management.changeable_model(session, editor, name)
-    await management.remove_alias(session, model, alias)
-    await session.commit()
-    services.resolver.invalidate()
+    await manager.remove_alias(editor, name, alias)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

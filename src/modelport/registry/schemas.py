@@ -6,9 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelport.errors import InvalidInputError
 from modelport.registry.tables import Model, ModelVersion
+from modelport.runtimes.signature import Signature
 
 Task = Literal["regression", "classification"]
 ModelSort = Literal["name", "-name", "created_at", "-created_at"]
@@ -125,3 +128,55 @@ class AliasOut(BaseModel):
     model: str
     alias: str
     version: int
+
+
+class VersionForm(BaseModel):
+    """The plain fields sent with a model file (multipart form fields are strings)."""
+
+    flavor: str | None = Field(default=None, max_length=32)
+    signature: str | None = None
+    description: str = Field(default="", max_length=2000)
+    metrics: str | None = None
+
+    def signature_spec(self) -> Signature | None:
+        data = _json_field(self.signature, "signature")
+        if data is None:
+            return None
+        try:
+            return Signature.model_validate(data)
+        except ValidationError as exc:
+            errors = [
+                {"loc": ["body", "signature", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_context=False, include_input=False)
+            ]
+            raise InvalidInputError(f"signature: {errors[0]['msg']}", errors) from None
+
+    def metric_values(self) -> dict[str, float]:
+        data = _json_field(self.metrics, "metrics") or {}
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in data.items()
+        ):
+            raise InvalidInputError(
+                'metrics must be a JSON object of numbers, e.g. {"mae": 0.42}',
+                [
+                    {
+                        "loc": ["body", "metrics"],
+                        "msg": "object of numbers expected",
+                        "type": "dict_type",
+                    }
+                ],
+            )
+        return {k: float(v) for k, v in data.items()}
+
+
+def _json_field(raw: str | None, field: str) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{field}: not valid JSON ({exc})",
+            [{"loc": ["body", field], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}],
+        ) from None

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -210,7 +211,8 @@ async def register_version(
     version_description: str = "",
 ) -> ModelVersion:
     """Store the artifact, add the next version number and optionally point ``alias`` at it."""
-    stored = store.put(artifact, artifact_suffix)
+    # Artifacts reach hundreds of MB: written (and fsynced) in a worker thread, not on the loop.
+    stored = await anyio.to_thread.run_sync(store.put, artifact, artifact_suffix)
     model = await session.scalar(select(Model).where(Model.name == model_name))
     if model is None:
         model = Model(

@@ -87,6 +87,7 @@ class ModelCache:
         failure = self._failures.get(ref.version_id)
         if failure is not None:
             if time.monotonic() < failure.until:
+                # Answered from memory: the artifact is not read and parsed again.
                 raise copy.copy(failure.error).with_traceback(None)
             del self._failures[ref.version_id]
         loading = self._loading.get(ref.version_id)
@@ -100,23 +101,15 @@ class ModelCache:
     async def _load_once(self, ref: VersionRef) -> LoadedModel:
         try:
             model = await anyio.to_thread.run_sync(self._load, ref)
+        except ModelportError as exc:
+            self._remember_failure(ref, exc)
+            raise
         except Exception as exc:
-            error = (
-                exc
-                if isinstance(exc, ModelportError)
-                else ModelUnavailableError(
-                    f"model {ref.model_name!r} version {ref.version} could not be loaded"
-                )
+            error = ModelUnavailableError(
+                f"model {ref.model_name!r} version {ref.version} could not be loaded",
+                internal=f"{type(exc).__name__}: {exc}",
             )
-            # Remembered briefly and reported once: a broken artifact is not read and parsed
-            # again on every request.
-            self._failures[ref.version_id] = _Failure(time.monotonic() + self._retry_seconds, error)
-            self._count("failures")
-            logger.error(
-                "model could not be loaded",
-                exc_info=exc,
-                extra={"model": ref.model_name, "version": ref.version},
-            )
+            self._remember_failure(ref, error)
             raise error from exc
         else:
             self._models[ref.version_id] = model
@@ -125,6 +118,12 @@ class ModelCache:
             return model
         finally:
             self._loading.pop(ref.version_id, None)
+
+    def _remember_failure(self, ref: VersionRef, error: ModelportError) -> None:
+        """A broken artifact is not read and parsed again on every request: the failure is
+        answered from memory until the retry time."""
+        self._failures[ref.version_id] = _Failure(time.monotonic() + self._retry_seconds, error)
+        self._count("failures")
 
     def _count(self, event: str) -> None:
         setattr(self, event, getattr(self, event) + 1)

@@ -7,6 +7,7 @@ import time
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
+from modelport.changes import REGISTRY_TOPICS, Change
 from modelport.errors import ModelportError, NotFoundError, ServiceUnavailableError
 from modelport.registry import service as registry
 from modelport.registry.service import VersionRef
@@ -76,3 +77,10 @@ class VersionResolver:
 
     def invalidate(self) -> None:
         self._cache.clear()
+
+    def forget(self, change: Change) -> None:
+        """A model, version or alias changed (here or on another replica): forget what was
+        remembered of that model; the next request asks the registry again."""
+        if change.topic in REGISTRY_TOPICS:
+            for key in [key for key in self._cache if key[0] == change.subject]:
+                self._cache.pop(key, None)

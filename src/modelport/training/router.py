@@ -6,20 +6,19 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import ValidationError
 from sklearn.datasets import make_regression
 
 from modelport.auth.dependencies import Manager, priced
 from modelport.datasets.csv_import import parse_csv
-from modelport.dependencies import get_services
 from modelport.errors import ForbiddenError, InvalidInputError
+from modelport.http.dependencies import SettingsDep
 from modelport.http.uploads import is_multipart, read_upload
-from modelport.services import Services
+from modelport.training.dependencies import TrainingServiceDep
 from modelport.training.schemas import SampleDataOut, TrainAcceptedOut, TrainIn
 
 router = APIRouter(tags=["training"])
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 _TRAIN_BODY: dict[str, Any] = {
     "requestBody": {
@@ -103,12 +102,13 @@ async def train(
     name: Annotated[str, Path(max_length=64)],
     request: Request,
     caller: Manager,
-    services: ServicesDep,
+    training: TrainingServiceDep,
+    settings: SettingsDep,
 ) -> TrainAcceptedOut:
     if caller.is_anonymous:  # settled before a byte of the body is read
         raise ForbiddenError("sign in to train models")
-    body, upload = await _read_request(request, services.settings.max_dataset_rows)
-    job, dataset = await services.training.submit(caller, name, body, upload)
+    body, upload = await _read_request(request, settings.max_dataset_rows)
+    job, dataset = await training.submit(caller, name, body, upload)
     return TrainAcceptedOut(job_id=job.id, status=job.status, model=name, dataset=dataset.name)
 
 
