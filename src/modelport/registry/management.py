@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.auth.principal import Principal
 from modelport.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from modelport.ingest.preparation import PreparedModel
 from modelport.registry import service
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
-from modelport.runtimes.registration import PreparedModel
 from modelport.storage.protocol import ArtifactStore
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

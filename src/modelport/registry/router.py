@@ -14,6 +14,7 @@ from modelport.auth.dependencies import Manager, Reader, priced
 from modelport.dependencies import get_services, get_session
 from modelport.errors import ForbiddenError, InvalidInputError
 from modelport.http.uploads import form_fields, multipart_body, read_upload
+from modelport.ingest.preparation import prepare_upload
 from modelport.registry import management, service
 from modelport.registry.schemas import (
     AliasIn,
@@ -28,7 +29,6 @@ from modelport.registry.schemas import (
     VersionOut,
     VersionUpdateIn,
 )
-from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import Signature
 from modelport.services import Services
 

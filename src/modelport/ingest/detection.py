@@ -21,7 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from modelport.errors import BadRequestError
-from modelport.runtimes import ubjson
+from modelport.ingest import ubjson
 
 # kind -> (framework, what a person calls the format)
 KINDS: dict[str, tuple[str, str]] = {

@@ -21,10 +21,10 @@ from modelport.errors import (
     library_text,
     public_text,
 )
+from modelport.ingest.conversion import ConversionFailed, convert_verified
+from modelport.ingest.detection import PICKLE_KINDS, ModelFile, detect, identify
+from modelport.ingest.safety import custom_domains, refuse_external_data
 from modelport.runtimes import native
-from modelport.runtimes.conversion import ConversionFailed, convert_verified
-from modelport.runtimes.formats import PICKLE_KINDS, ModelFile, detect, identify
-from modelport.runtimes.onnx_contents import custom_domains, refuse_external_data
 from modelport.runtimes.signature import FieldSpec, Signature
 
 ONNX_TYPES = {
