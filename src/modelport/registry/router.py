@@ -15,6 +15,7 @@ from modelport.dependencies import get_services, get_session
 from modelport.errors import ForbiddenError, InvalidInputError
 from modelport.http.uploads import form_fields, multipart_body, read_upload
 from modelport.ingest.preparation import prepare_upload
+from modelport.ingest.safety import pickles_allowed
 from modelport.registry import management, service
 from modelport.registry.schemas import (
     AliasIn,
@@ -232,7 +233,7 @@ async def upload_version(
     upload = await read_upload(request, "model file", kind="model")
     form = form_fields(_VersionForm, upload)
     model = await management.changeable_model(session, uploader, name)
-    allow_pickle = services.settings.allow_pickle and uploader.is_admin
+    allow_pickle = pickles_allowed(services.settings.allow_pickle, uploader.is_admin)
     given_signature, given_metrics = _signature(form.signature), _metrics(form.metrics)
     prepared = await anyio.to_thread.run_sync(
         lambda: prepare_upload(
