@@ -17,14 +17,14 @@ from fastapi.testclient import TestClient
 
 from modelport.app import create_app
 from modelport.db.engine import create_engine, create_session_factory
+from modelport.ingest.preparation import infer_onnx_signature
 from modelport.registry import service as registry
-from modelport.runtimes.registration import infer_onnx_signature
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from tests.helpers import bearer, run
-from tests.runtimes.hostile_onnx import SECRET_MARKER, VARIANTS, hostile_onnx, plant_secrets
-from tests.runtimes.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
+from tests.ingest.hostile_onnx import SECRET_MARKER, VARIANTS, hostile_onnx, plant_secrets
+from tests.ingest.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
 
 MODELS = "/api/v1/models"
 PASSWORD = "correct horse battery"

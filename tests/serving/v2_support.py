@@ -20,8 +20,8 @@ from sklearn.linear_model import LogisticRegression
 from modelport.app import create_app
 from modelport.builtin.wine import FEATURE_NAMES, WINE_SIGNATURE
 from modelport.db.engine import create_engine, create_session_factory
+from modelport.ingest.preparation import PreparedModel, prepare_upload
 from modelport.registry import service as registry
-from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.runtimes.signature import Signature
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store

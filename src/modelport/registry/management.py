@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from modelport.auth.principal import Principal
 from modelport.changes import Change, ChangeHub, Topic
 from modelport.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from modelport.ingest.preparation import PreparedModel, prepare_upload
+from modelport.ingest.safety import pickles_allowed
 from modelport.registry import service
 from modelport.registry.schemas import VersionForm
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
-from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.storage.protocol import ArtifactStore
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -229,7 +230,7 @@ class RegistryManager:
         signature, metrics = form.signature_spec(), form.metric_values()
         async with self._sessions() as session:
             task = (await changeable_model(session, uploader, name)).task
-        allow_pickle = self._allow_pickle and uploader.is_admin
+        allow_pickle = pickles_allowed(self._allow_pickle, uploader.is_admin)
         prepared = await anyio.to_thread.run_sync(
             lambda: prepare_upload(
                 data,

@@ -1,1 +1,2 @@
-"""Model runtimes behind one tiny interface, and the signatures that describe their inputs."""
+"""What serves: ONNX Runtime and the native runtimes behind one tiny interface (``loader``),
+and the signatures that describe their inputs."""

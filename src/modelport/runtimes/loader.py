@@ -7,8 +7,12 @@ from typing import Protocol
 import numpy as np
 
 from modelport.errors import ModelportError, ModelUnavailableError
-from modelport.runtimes import native
+from modelport.ingest.safety import load_pickle, load_skops
+from modelport.runtimes.lightgbm import LightGBMRuntime
+from modelport.runtimes.native import NATIVE_FLAVORS, NativeRuntime
 from modelport.runtimes.onnx import OnnxRuntime
+from modelport.runtimes.sklearn import PickledSklearnRuntime, SklearnRuntime
+from modelport.runtimes.xgboost import XGBoostRuntime
 
 
 class Runtime(Protocol):
@@ -33,7 +37,7 @@ def load_runtime(flavor: str, model_bytes: bytes, intra_op_threads: int = 1) -> 
             return OnnxRuntime(model_bytes, intra_op_threads)
         except Exception as exc:  # ONNX Runtime raises several unrelated types for bad models
             raise _cannot_load(flavor, f"ONNX Runtime: {exc}") from exc
-    if flavor in native.NATIVE_FLAVORS:
+    if flavor in NATIVE_FLAVORS:
         try:
             return _load_native(flavor, model_bytes, intra_op_threads)
         except ModelportError as exc:
@@ -51,12 +55,13 @@ def _cannot_load(flavor: str, internal: str) -> ModelUnavailableError:
     )
 
 
-def _load_native(flavor: str, model_bytes: bytes, threads: int) -> native.NativeRuntime:
+def _load_native(flavor: str, model_bytes: bytes, threads: int) -> NativeRuntime:
     if flavor == "sklearn":
-        return native.SklearnRuntime(native.load_skops(model_bytes))
+        # A stored skops file is held to the same trust policy as an upload.
+        return SklearnRuntime(load_skops(model_bytes))
     if flavor == "sklearn-pickle":
         # Only versions an administrator uploaded with pickles allowed carry this flavor.
-        return native.PickledSklearnRuntime(native.load_pickle(model_bytes))
+        return PickledSklearnRuntime(load_pickle(model_bytes))
     if flavor == "xgboost":
-        return native.XGBoostRuntime(model_bytes, threads)
-    return native.LightGBMRuntime(model_bytes, threads)
+        return XGBoostRuntime(model_bytes, threads)
+    return LightGBMRuntime(model_bytes, threads)

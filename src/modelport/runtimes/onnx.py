@@ -11,7 +11,7 @@ import onnxruntime as ort
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from modelport.errors import BadRequestError, ModelRunError
-from modelport.runtimes.onnx_contents import refuse_external_data
+from modelport.ingest.safety import refuse_external_data
 
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 

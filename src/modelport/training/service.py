@@ -17,14 +17,14 @@ from modelport.datasets import service as datasets
 from modelport.datasets.csv_import import ParsedCsv, snake_case
 from modelport.datasets.tables import Dataset, DatasetRow
 from modelport.errors import InvalidInputError, ModelportError, NotFoundError, public_text
+from modelport.ingest.build_only import import_skops_io
+from modelport.ingest.preparation import prepare_upload
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
 from modelport.registry import management
 from modelport.registry import service as registry
 from modelport.registry.tables import Model
-from modelport.runtimes.build_only import import_skops_io
-from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.storage.protocol import ArtifactStore
 from modelport.training import algorithms

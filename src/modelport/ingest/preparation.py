@@ -1,8 +1,9 @@
 """Turn an uploaded model file into what the registry stores and serves.
 
 Every upload goes through ``prepare_upload``: the flavor is detected from the bytes (or taken as
-declared and checked), unsafe files are refused, the model is converted to ONNX where possible
-and the conversion is verified, and the signature is inferred or checked against the model.
+declared and checked), unsafe files are refused (by the rules in ``safety``), the model is
+converted to ONNX where possible and the conversion is verified, and the signature is inferred or
+checked against the model.
 """
 
 from __future__ import annotations
@@ -14,18 +15,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from modelport.errors import (
-    BadRequestError,
-    ForbiddenError,
-    InvalidInputError,
-    library_text,
-    public_text,
-)
-from modelport.runtimes import native
-from modelport.runtimes.conversion import ConversionFailed, convert_verified
-from modelport.runtimes.formats import PICKLE_KINDS, ModelFile, detect, identify
-from modelport.runtimes.onnx_contents import custom_domains, refuse_external_data
+from modelport.errors import BadRequestError, InvalidInputError, library_text, public_text
+from modelport.ingest import safety
+from modelport.ingest.conversion import ConversionFailed, convert_verified
+from modelport.ingest.detection import ModelFile, detect, identify
+from modelport.runtimes.lightgbm import LightGBMRuntime
+from modelport.runtimes.native import CLASSIFICATION, NativeRuntime
 from modelport.runtimes.signature import FieldSpec, Signature
+from modelport.runtimes.sklearn import PickledSklearnRuntime, SklearnRuntime
+from modelport.runtimes.xgboost import XGBoostRuntime
 
 ONNX_TYPES = {
     onnx.TensorProto.FLOAT: "float",
@@ -80,12 +78,7 @@ def prepare_upload(
     if not data:
         raise BadRequestError("the uploaded model file is empty")
     model_file = identify(data, declared_flavor)
-    if model_file.kind in PICKLE_KINDS and not allow_pickle:
-        raise ForbiddenError(
-            "pickle and joblib files run code when they are loaded, so they are accepted only "
-            "from administrators when MODELPORT_ALLOW_PICKLE=true; save the model with skops "
-            "(skops.io.dump) or convert it to ONNX instead"
-        )
+    safety.refuse_pickle(model_file.kind, allow_pickle)
     if model_file.kind == "onnx":
         return _prepare_onnx(model_file.parsed, data, signature, task)
     return _prepare_native(model_file, signature, task)
@@ -102,13 +95,7 @@ def detect_flavor(data: bytes) -> str:
 def _prepare_onnx(
     model: onnx.ModelProto, data: bytes, signature: Signature | None, task: str | None
 ) -> PreparedModel:
-    check_onnx_safety(model)
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise BadRequestError(
-            f"the ONNX model does not pass onnx.checker: {public_text(str(exc))}"
-        ) from None
+    safety.check_onnx(model)
     classes = onnx_classes(model)
     inferred = infer_onnx_signature(model, task, classes)
     if signature is not None:
@@ -127,18 +114,6 @@ def _prepare_onnx(
         signature=signature or inferred,
         details=details,
     )
-
-
-def check_onnx_safety(model: onnx.ModelProto) -> None:
-    """Refuse what would make the server read other files or load native code, wherever it
-    sits in the model (subgraphs, functions and node attributes included)."""
-    refuse_external_data(model)
-    custom = custom_domains(model)
-    if custom:
-        raise BadRequestError(
-            f"the ONNX model uses custom operator domains {custom}, which are not allowed; "
-            "use the standard ONNX operators (domains ai.onnx and ai.onnx.ml) only"
-        )
 
 
 def onnx_classes(model: onnx.ModelProto) -> list[Any] | None:
@@ -263,23 +238,21 @@ def _prepare_native(
     )
 
 
-def _load_native(model_file: ModelFile) -> native.NativeRuntime:
+def _load_native(model_file: ModelFile) -> NativeRuntime:
     kind, data = model_file.kind, model_file.data
     if kind == "skops":
-        return native.SklearnRuntime(native.load_skops(data))
-    if kind in PICKLE_KINDS:
-        return native.PickledSklearnRuntime(native.load_pickle(data))
+        return SklearnRuntime(safety.load_skops(data))
+    if kind in safety.PICKLE_KINDS:  # allowed for this upload: refuse_pickle let it through
+        return PickledSklearnRuntime(safety.load_pickle(data))
     if model_file.framework == "xgboost":
-        native.check_loads_in_child("xgboost", data)
-        return native.XGBoostRuntime(data, parsed=model_file.parsed)
-    native.check_loads_in_child("lightgbm", data)
-    return native.LightGBMRuntime(data, header=model_file.parsed)
+        safety.check_loads_in_child("xgboost", data)
+        return XGBoostRuntime(data, parsed=model_file.parsed)
+    safety.check_loads_in_child("lightgbm", data)
+    return LightGBMRuntime(data, header=model_file.parsed)
 
 
-def _native_outputs(
-    model: native.NativeRuntime, expected: dict[str, np.ndarray]
-) -> tuple[FieldSpec, ...]:
-    if model.task == native.CLASSIFICATION:
+def _native_outputs(model: NativeRuntime, expected: dict[str, np.ndarray]) -> tuple[FieldSpec, ...]:
+    if model.task == CLASSIFICATION:
         return _classifier_outputs(model.classes)
     values = np.asarray(expected["prediction"])
     width = int(values.reshape(len(values), -1).shape[1])
@@ -313,7 +286,7 @@ def field_names(names: list[str] | None, n_features: int) -> list[str]:
     return result
 
 
-def check_native_inputs(given: Signature, model: native.NativeRuntime, names: list[str]) -> None:
+def check_native_inputs(given: Signature, model: NativeRuntime, names: list[str]) -> None:
     """A given signature must take the model's features, in its order and by its names."""
     if given.task != model.task:
         raise _signature_error(

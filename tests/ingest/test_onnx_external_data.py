@@ -12,10 +12,10 @@ from onnx import TensorProto, helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph
 
 from modelport.errors import BadRequestError, ModelUnavailableError
+from modelport.ingest.preparation import prepare_upload
 from modelport.runtimes.loader import load_runtime
 from modelport.runtimes.onnx import session_options
-from modelport.runtimes.registration import prepare_upload
-from tests.runtimes.hostile_onnx import (
+from tests.ingest.hostile_onnx import (
     LEAKED,
     SECRET_MARKER,
     VARIANTS,

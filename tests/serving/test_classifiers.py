@@ -19,8 +19,8 @@ from modelport.app import create_app
 from modelport.builtin.wine import WINE_SIGNATURE
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.errors import ModelUnavailableError
+from modelport.ingest.preparation import PreparedModel, prepare_upload
 from modelport.registry import service as registry
-from modelport.runtimes.registration import PreparedModel, prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.serving.service import postprocess
 from modelport.settings import Settings

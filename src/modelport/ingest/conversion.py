@@ -15,15 +15,11 @@ import numpy as np
 import onnx
 
 from modelport.errors import library_text
-from modelport.runtimes.native import (
-    CLASSIFICATION,
-    LightGBMRuntime,
-    NativeRuntime,
-    SklearnRuntime,
-    XGBoostRuntime,
-    json_class,
-)
+from modelport.runtimes.lightgbm import LightGBMRuntime
+from modelport.runtimes.native import CLASSIFICATION, NativeRuntime, json_class
 from modelport.runtimes.onnx import OnnxRuntime
+from modelport.runtimes.sklearn import SklearnRuntime
+from modelport.runtimes.xgboost import XGBoostRuntime
 
 TOLERANCE = 1e-4
 INPUT_NAME = "features"

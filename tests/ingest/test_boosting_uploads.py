@@ -12,10 +12,10 @@ import pytest
 import xgboost as xgb
 
 from modelport.errors import BadRequestError, InvalidInputError
+from modelport.ingest.preparation import prepare_upload
 from modelport.runtimes.loader import load_runtime
-from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
-from tests.runtimes.support import (
+from tests.ingest.support import (
     FEATURES,
     assert_classifies_like,
     assert_regresses_like,

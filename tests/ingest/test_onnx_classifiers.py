@@ -8,10 +8,10 @@ import pytest
 from skl2onnx import to_onnx
 from sklearn.linear_model import LogisticRegression
 
+from modelport.ingest.preparation import prepare_upload
 from modelport.runtimes.loader import load_runtime
-from modelport.runtimes.registration import prepare_upload
 from modelport.serving.service import postprocess
-from tests.runtimes.support import classification_data, output_names, probe_rows
+from tests.ingest.support import classification_data, output_names, probe_rows
 
 
 @pytest.mark.parametrize("zipmap", [True, False])

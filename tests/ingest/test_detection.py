@@ -14,8 +14,8 @@ from skl2onnx import to_onnx
 from sklearn.linear_model import LinearRegression
 
 from modelport.errors import BadRequestError, ForbiddenError
-from modelport.runtimes.registration import detect_flavor, prepare_upload
-from tests.runtimes.support import regression_data
+from modelport.ingest.preparation import detect_flavor, prepare_upload
+from tests.ingest.support import regression_data
 
 
 def _linear() -> LinearRegression:

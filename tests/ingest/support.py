@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import make_classification, make_regression
 
+from modelport.ingest.preparation import PreparedModel
 from modelport.runtimes.loader import load_runtime
 from modelport.runtimes.native import json_class
-from modelport.runtimes.registration import PreparedModel
 
 TOLERANCE = 1e-4
 FEATURES = ["alcohol", "acidity", "sugar", "sulphates", "density"]

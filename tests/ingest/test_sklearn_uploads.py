@@ -35,12 +35,12 @@ from modelport.errors import (
     InvalidInputError,
     ModelUnavailableError,
 )
+from modelport.ingest.preparation import prepare_upload
 from modelport.runtimes.loader import load_runtime
 from modelport.runtimes.native import json_class
-from modelport.runtimes.registration import prepare_upload
 from modelport.runtimes.signature import FieldSpec, Signature
-from tests.runtimes.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
-from tests.runtimes.support import (
+from tests.ingest.hostile_skops import RE_EXPORTS, RUNS_ON_IMPORT, skops_naming
+from tests.ingest.support import (
     FEATURES,
     assert_classifies_like,
     assert_regresses_like,

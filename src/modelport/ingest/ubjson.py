@@ -1,8 +1,9 @@
 """A strict reader for the UBJSON that XGBoost writes (``.ubj`` models).
 
 XGBoost's own reader accepts some truncated files and returns a partial model, so an upload is
-read here first: any truncation or stray byte is an error, and the model's facts (objective,
-features, trees) come out as Python objects without handing the bytes to native code.
+read here first (by ``safety.xgboost_document``, which sets how deep it may nest): any truncation
+or stray byte is an error, and the model's facts (objective, features, trees) come out as Python
+objects without handing the bytes to native code.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-MAX_DEPTH = 64
 
 # Marker -> (numpy big-endian dtype, size). XGBoost writes numbers big-endian, as UBJSON says.
 _NUMBERS: dict[bytes, tuple[str, int]] = {
@@ -29,8 +28,9 @@ class UBJSONError(ValueError):
     """The bytes are not one complete UBJSON value."""
 
 
-def loads(data: bytes) -> Any:
-    reader = _Reader(data)
+def loads(data: bytes, *, max_depth: int) -> Any:
+    """The one value ``data`` holds, nested at most ``max_depth`` deep."""
+    reader = _Reader(data, max_depth)
     value = reader.value(reader.marker(), 0)
     if reader.position != len(data):
         raise UBJSONError(f"{len(data) - reader.position} unexpected bytes after the value")
@@ -38,8 +38,9 @@ def loads(data: bytes) -> Any:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, max_depth: int) -> None:
         self.data = data
+        self.max_depth = max_depth
         self.position = 0
 
     def take(self, size: int) -> bytes:
@@ -66,8 +67,8 @@ class _Reader:
         return count
 
     def value(self, marker: bytes, depth: int) -> Any:
-        if depth > MAX_DEPTH:
-            raise UBJSONError(f"nested deeper than {MAX_DEPTH} levels")
+        if depth > self.max_depth:
+            raise UBJSONError(f"nested deeper than {self.max_depth} levels")
         if marker in _NUMBERS:
             dtype, size = _NUMBERS[marker]
             return np.frombuffer(self.take(size), dtype=dtype)[0].item()

@@ -1,0 +1,556 @@
+"""Every rule applied to an uploaded model file, in one place for a security review.
+
+An uploaded file is untrusted: formats are recognised from the bytes (never the name), and
+nothing a file holds is run, imported or read from elsewhere unless a rule below allows it.
+The rules, in the order an upload meets them:
+
+- Before anything here, the body is capped at ``MODELPORT_MAX_MODEL_UPLOAD_BYTES`` while it is
+  read, and only a caller allowed to add a version gets that far (``http.uploads``).
+- Recognising a file runs none of it (``pickle_kind``, ``skops_archive``, ``xgboost_document``,
+  ``lightgbm_header``): pickles by their protocol header, compressed joblib pickles by
+  decompressing at most ``_PEEK_BYTES`` out of at most ``_MAX_PEEK_INPUT`` input bytes; skops
+  files by their zip directory and CRCs; XGBoost models by a strict JSON / UBJSON read in Python
+  (no truncation, no stray bytes, nested at most ``UBJSON_MAX_DEPTH`` deep; the UBJSON reader
+  also refuses counts longer than the file); LightGBM models by their text layout, because
+  LightGBM aborts the process on some malformed files.
+- Pickle and joblib files run code when loaded: accepted only from administrators where
+  ``MODELPORT_ALLOW_PICKLE=true`` (``pickles_allowed``, ``refuse_pickle``: 403 otherwise), and
+  ``load_pickle`` is the one place a pickle is unpickled.
+- skops files: every type the file names must be on an allow-list built from the installed
+  scikit-learn, NumPy and SciPy, decided by name before anything is imported (``load_skops``).
+  Loading a stored skops artifact to serve it goes through the same ``load_skops``.
+- ONNX models (``check_onnx``): no tensor at any depth keeps its data in an external file (ONNX
+  Runtime would read it; ``runtimes.onnx`` applies ``refuse_external_data`` again to every model
+  it loads), no operator outside ``ai.onnx`` / ``ai.onnx.ml`` (custom operators are native code),
+  and ``onnx.checker`` passes.
+- XGBoost and LightGBM files are loaded once in a child Python before this process touches them
+  (``check_loads_in_child``), within a time limit.
+
+Whether modelport can serve a model (one 2-D numeric input, a fitted estimator, probabilities
+for a classifier, a matching signature) is decided where the model is described
+(``ingest.preparation`` and the runtimes): those rules describe a model rather than guard
+the server.
+
+This module imports nothing from ``runtimes`` (the runtimes import it, to apply the load-time
+rules), so it sits below them; the rest of ``ingest`` sits above them.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import importlib
+import io
+import json
+import lzma
+import os
+import subprocess
+import sys
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
+
+from modelport.errors import BadRequestError, ForbiddenError, public_text
+from modelport.ingest import ubjson
+from modelport.ingest.build_only import import_skops_io, without_torch
+
+# --- pickle and joblib -------------------------------------------------------------------------
+
+PICKLE_KINDS = frozenset({"pickle", "joblib"})  # file kinds that run code when loaded
+_PICKLE_PROTOCOLS = range(2, 6)  # protocol 2+ files start with 0x80 <protocol>
+_PEEK_BYTES = 16
+_PEEK_CHUNK = 64 * 1024
+_MAX_PEEK_INPUT = 4 * 1024 * 1024
+
+
+def pickles_allowed(allow_pickle: bool, uploader_is_admin: bool) -> bool:
+    """Whether an upload may be a pickle: the operator allows them and an administrator sends it."""
+    return allow_pickle and uploader_is_admin
+
+
+def refuse_pickle(kind: str, allowed: bool) -> None:
+    """403 for a pickle or joblib file where pickles are not allowed."""
+    if kind in PICKLE_KINDS and not allowed:
+        raise ForbiddenError(
+            "pickle and joblib files run code when they are loaded, so they are accepted only "
+            "from administrators when MODELPORT_ALLOW_PICKLE=true; save the model with skops "
+            "(skops.io.dump) or convert it to ONNX instead"
+        )
+
+
+def pickle_kind(data: bytes) -> str | None:
+    """What kind of pickle the bytes are ("pickle", or "joblib" when compressed), or None;
+    nothing is unpickled."""
+    if _is_pickle(data):
+        return "pickle"
+    if _is_compressed_pickle(data):
+        return "joblib"
+    return None
+
+
+def _is_pickle(data: bytes) -> bool:
+    return len(data) >= 2 and data[0] == 0x80 and data[1] in _PICKLE_PROTOCOLS
+
+
+def _is_compressed_pickle(data: bytes) -> bool:
+    """joblib.dump(..., compress=...) writes a compressed pickle: peek inside, never unpickle."""
+    if data[:1] == b"\x78" and data[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
+        return _is_pickle(_peek(zlib.decompressobj, data))
+    if data.startswith(b"\x1f\x8b"):  # gzip
+        return _is_pickle(_peek(lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), data))
+    if data.startswith(b"BZh"):
+        return _is_pickle(_peek(bz2.BZ2Decompressor, data))
+    if data.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00")):  # xz, legacy lzma
+        return _is_pickle(_peek(lzma.LZMADecompressor, data))
+    # An lz4 frame (joblib reads it with the lz4 package): too rare to peek into.
+    return data.startswith(b"\x04\x22\x4d\x18")
+
+
+def _peek(decompressor: Callable[[], Any], data: bytes) -> bytes:
+    """The first bytes of the decompressed stream. bz2 yields nothing before a whole block
+    (up to 900 kB) has arrived, so input is fed in chunks until output appears."""
+    stream = decompressor()
+    found = b""
+    try:
+        for start in range(0, min(len(data), _MAX_PEEK_INPUT), _PEEK_CHUNK):
+            found += stream.decompress(data[start : start + _PEEK_CHUNK], _PEEK_BYTES - len(found))
+            if len(found) >= _PEEK_BYTES or getattr(stream, "eof", False):
+                break
+    except (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error):
+        pass
+    return found
+
+
+def load_pickle(data: bytes) -> Any:
+    """Unpickle (plain pickle or joblib, compressed or not). Runs the file's code: callers
+    must have checked that pickles are allowed for this upload."""
+    import joblib  # type: ignore[import-untyped]
+
+    try:
+        return joblib.load(io.BytesIO(data))
+    except Exception as exc:
+        raise BadRequestError(
+            f"the pickle cannot be loaded (truncated, or made with packages not installed "
+            f"here): {public_text(f'{type(exc).__name__}: {exc}')}"
+        ) from None
+
+
+# --- skops -------------------------------------------------------------------------------------
+
+# The libraries whose types a skops file may name (see ``trusted_types``).
+TRUSTED_LIBRARIES = ("sklearn", "numpy", "scipy")
+
+
+def skops_archive(data: bytes) -> list[str]:
+    """The members of a skops file: a readable zip with a schema.json, every member's CRC good."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = archive.namelist()
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise BadRequestError(
+            f"the file is a zip archive that cannot be read (truncated?): {exc}"
+        ) from None
+    if "schema.json" not in names:
+        raise BadRequestError(
+            "the file is a zip archive but not a skops model (it has no schema.json); save "
+            "scikit-learn models with skops.io.dump"
+        )
+    if broken is not None:
+        raise BadRequestError(f"the skops archive is damaged: member {broken!r} fails its CRC")
+    return names
+
+
+def load_skops(data: bytes) -> Any:
+    """Load a skops file whose every type is on the allow-list (see ``trusted_types``).
+
+    Trust is decided from the names the file gives, before anything is imported: a file cannot
+    make the server import a module (importing one can run it) just by naming it.
+    """
+    _refuse_untrusted(_skops_type_names(data))
+    sio = import_skops_io()
+    try:
+        # skops's own audit adds the bound methods and bit generators a schema names in values.
+        needed = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # skops raises many types for damaged archives
+        raise BadRequestError(f"the skops file cannot be read: {public_text(str(exc))}") from None
+    _refuse_untrusted(set(needed))
+    try:
+        return sio.loads(data, trusted=needed)
+    except Exception as exc:
+        raise BadRequestError(f"the skops file cannot be loaded: {public_text(str(exc))}") from None
+
+
+def _refuse_untrusted(names: set[str]) -> None:
+    refused = sorted(name for name in names if not _is_trusted(name))
+    if refused:
+        raise BadRequestError(
+            f"the skops file needs {', '.join(refused[:10])}, which modelport does not trust: "
+            "only scikit-learn estimators and the parts they are made of, NumPy and SciPy "
+            "arrays and NumPy/SciPy ufuncs are accepted; save a model built from those"
+        )
+
+
+def _skops_type_names(data: bytes) -> set[str]:
+    """Every ``module.name`` the file's schema refers to, read as JSON (nothing is imported)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError) as exc:
+        raise BadRequestError(f"the skops file cannot be read: {exc}") from None
+    names: set[str] = set()
+    pending = [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            module, name = item.get("__module__"), item.get("__class__")
+            if module is not None or name is not None:
+                names.add(f"{module}.{name}")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return names
+
+
+def _is_trusted(name: str) -> bool:
+    """On the allow-list, and importing it gives exactly the object the list was built from."""
+    allowed = trusted_types().get(name)
+    if allowed is None:
+        return False  # decided from the name alone: nothing was imported
+    module_name, _, attribute = name.rpartition(".")
+    module = importlib.import_module(module_name)  # already loaded: the list was built from it
+    return getattr(module, attribute, None) is allowed
+
+
+# Types fitted estimators are made of besides other estimators: module -> class names, or None
+# for every class that module itself defines (classes it imports from elsewhere never count).
+_SKLEARN_PARTS: dict[str, tuple[str, ...] | None] = {
+    "sklearn.tree._tree": ("Tree",),
+    "sklearn.ensemble._hist_gradient_boosting.binning": ("_BinMapper",),
+    "sklearn.ensemble._hist_gradient_boosting.predictor": ("TreePredictor",),
+    "sklearn._loss.loss": None,
+    "sklearn._loss.link": None,
+    "sklearn._loss._loss": None,
+    "sklearn.linear_model._sgd_fast": None,
+    "sklearn.neighbors._kd_tree": ("KDTree",),
+    "sklearn.neighbors._ball_tree": ("BallTree",),
+    "sklearn.metrics._dist_metrics": None,
+    "sklearn.gaussian_process.kernels": None,
+    "sklearn.gaussian_process._gpc": ("_BinaryGaussianProcessClassifierLaplace",),
+    "sklearn.neural_network._stochastic_optimizers": None,
+    "sklearn.calibration": ("_CalibratedClassifier", "_SigmoidCalibration"),
+    "sklearn.cluster._bisect_k_means": ("_BisectingTree",),
+}
+# The plain values and containers skops writes.
+_BUILTINS = (bool, int, float, complex, str, bytes, bytearray, list, tuple, set, dict, slice)
+
+
+@functools.cache
+def trusted_types() -> dict[str, Any]:
+    """What a skops file may name: ``module.name`` as skops writes it -> the object.
+
+    Built once from the installed libraries, never from a file: every estimator scikit-learn
+    lists, the parts estimators are made of (``_SKLEARN_PARTS``), NumPy's array, dtype, scalar
+    and random-state types, SciPy's sparse matrices, NumPy and SciPy ufuncs, and the built-in
+    containers. A class is keyed by the module that defines it (its real ``__module__``), so a
+    name under which some other module merely re-exports it is not on the list.
+    """
+    with without_torch():  # listing estimators imports every scikit-learn module
+        from sklearn.utils.discovery import all_estimators
+
+        estimators = [cls for _, cls in all_estimators()]
+    import scipy.sparse  # type: ignore[import-untyped]
+    import scipy.special  # type: ignore[import-untyped]
+
+    classes: list[type] = [*_BUILTINS, *estimators, *_sklearn_parts()]
+    classes += [np.ndarray, np.dtype, np.ma.MaskedArray, *np.sctypeDict.values()]
+    classes += [c for c in vars(np.dtypes).values() if isinstance(c, type)]
+    classes += [np.random.RandomState, np.random.Generator, np.random.SeedSequence]
+    classes += [
+        c
+        for c in vars(np.random).values()
+        if isinstance(c, type) and issubclass(c, np.random.BitGenerator)
+    ]
+    classes += [
+        c
+        for c in vars(scipy.sparse).values()
+        if isinstance(c, type) and issubclass(c, scipy.sparse.sparray | scipy.sparse.spmatrix)
+    ]
+    trusted: dict[str, Any] = {
+        f"{cls.__module__}.{cls.__name__}": cls
+        for cls in classes
+        if cls.__module__.split(".", 1)[0] in (*TRUSTED_LIBRARIES, "builtins")
+    }
+    trusted.update(_ufuncs(np, scipy.special))
+    return trusted
+
+
+def _sklearn_parts() -> list[type]:
+    found: list[type] = []
+    for module_name, names in _SKLEARN_PARTS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # an older or newer scikit-learn without this module
+            continue
+        defined = {
+            name: value
+            for name, value in vars(module).items()
+            if isinstance(value, type) and value.__module__ == module_name
+        }
+        found += [defined[n] for n in names if n in defined] if names else list(defined.values())
+    return found
+
+
+def _ufuncs(*namespaces: Any) -> dict[str, Any]:
+    """Ufuncs under every name skops may have written for them. skops names a ufunc by the
+    first loaded module it finds it in, which differs between processes (SciPy's live in
+    private modules), so each NumPy or SciPy module already loaded that holds one counts."""
+    ufuncs = {
+        id(value): value
+        for namespace in namespaces
+        for value in vars(namespace).values()
+        if isinstance(value, np.ufunc)
+    }
+    names: dict[str, Any] = {}
+    for module_name, module in list(sys.modules.items()):
+        if module is None or module_name.split(".", 1)[0] not in ("numpy", "scipy"):
+            continue
+        for attribute, value in list(getattr(module, "__dict__", {}).items()):
+            if id(value) in ufuncs and attribute == value.__name__:
+                names[f"{module_name}.{attribute}"] = value
+    return names
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+#
+# Tensors hide in more places than the main graph's initializers: sparse initializers, the
+# attributes of every node (a ``Constant``'s value, any tensor-valued attribute) and the
+# subgraphs that attributes carry (the branches of ``If``, the bodies of ``Loop`` and ``Scan``,
+# nested to any depth), model-local functions and training graphs. A tensor anywhere among them
+# may say that its data lives in an "external" file; ONNX Runtime would read that file. The
+# walk below is iterative (no recursion limit to hit) and visits each of those places once.
+
+# Operator domains ONNX Runtime implements itself; anything else is a custom op (native code).
+ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+SELF_CONTAINED_HINT = (
+    "save the model self-contained, with every tensor inside the .onnx file: "
+    "onnx.save(model, path, save_as_external_data=False)"
+)
+
+Item = tuple[str, GraphProto | NodeProto | AttributeProto]
+
+
+def walk(model: onnx.ModelProto) -> Iterator[tuple[str, NodeProto | TensorProto]]:
+    """Every node and every tensor in ``model``, each with a short note of where it sits."""
+    pending: list[Item] = [("the main graph", model.graph)]
+    for index, info in enumerate(model.training_info):
+        pending.append((f"training graph {index} (initialization)", info.initialization))
+        pending.append((f"training graph {index} (algorithm)", info.algorithm))
+    for function in model.functions:
+        where = f"function {function.name!r}"
+        pending.extend((where, node) for node in function.node)
+        pending.extend((where, attribute) for attribute in function.attribute_proto)
+    while pending:
+        where, item = pending.pop()
+        if isinstance(item, GraphProto):
+            yield from ((f"an initializer of {where}", t) for t in item.initializer)
+            for sparse in item.sparse_initializer:
+                yield f"a sparse initializer of {where}", sparse.values
+                yield f"a sparse initializer of {where}", sparse.indices
+            pending.extend((where, node) for node in item.node)
+        elif isinstance(item, NodeProto):
+            yield where, item
+            inside = f"node {item.name or item.op_type!r} ({item.op_type}) in {where}"
+            pending.extend((inside, attribute) for attribute in item.attribute)
+        else:
+            inside = f"attribute {item.name!r} of {where}"
+            yield from ((inside, tensor) for tensor in _attribute_tensors(item))
+            graphs = [item.g] if item.HasField("g") else []
+            pending.extend((inside, graph) for graph in [*graphs, *item.graphs])
+
+
+def _attribute_tensors(attribute: AttributeProto) -> Iterator[TensorProto]:
+    if attribute.HasField("t"):
+        yield attribute.t
+    yield from attribute.tensors
+    sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+    for tensor in [*sparse, *attribute.sparse_tensors]:
+        yield tensor.values
+        yield tensor.indices
+
+
+def is_external(tensor: TensorProto) -> bool:
+    """Whether ONNX Runtime would look for this tensor's data outside the model's bytes."""
+    return tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0
+
+
+def refuse_external_data(model: onnx.ModelProto) -> None:
+    """400 when any tensor, at any depth, keeps its data in another file."""
+    for where, item in walk(model):
+        if isinstance(item, TensorProto) and is_external(item):
+            name = f" {item.name!r}" if item.name else ""
+            # The location itself is not echoed: it is a path on someone's machine.
+            raise BadRequestError(
+                f"the ONNX model keeps the data of tensor{name} ({where}) in an external file, "
+                f"which modelport does not read; {SELF_CONTAINED_HINT}"
+            )
+
+
+def custom_domains(model: onnx.ModelProto) -> list[str]:
+    """Operator domains beyond ONNX's own, used by any node at any depth or imported."""
+    domains = {o.domain for o in model.opset_import}
+    for function in model.functions:
+        domains |= {function.domain} | {o.domain for o in function.opset_import}
+    domains |= {item.domain for _, item in walk(model) if isinstance(item, NodeProto)}
+    return sorted(domain for domain in domains if domain not in ALLOWED_DOMAINS)
+
+
+def check_onnx(model: onnx.ModelProto) -> None:
+    """Refuse what would make the server read other files or load native code, wherever it
+    sits in the model (subgraphs, functions and node attributes included), then anything
+    ``onnx.checker`` finds wrong with the graph."""
+    refuse_external_data(model)
+    custom = custom_domains(model)
+    if custom:
+        raise BadRequestError(
+            f"the ONNX model uses custom operator domains {custom}, which are not allowed; "
+            "use the standard ONNX operators (domains ai.onnx and ai.onnx.ml) only"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise BadRequestError(
+            f"the ONNX model does not pass onnx.checker: {public_text(str(exc))}"
+        ) from None
+
+
+# --- XGBoost and LightGBM ----------------------------------------------------------------------
+
+UBJSON_MAX_DEPTH = 64  # nesting an XGBoost UBJ model may have
+
+
+def xgboost_document(data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """XGBoost JSON or UBJ, read strictly in Python: ``(kind, document)``, or None when the
+    bytes are some other thing starting with '{'. XGBoost's own reader accepts some truncated
+    files and returns a partial model, so any truncation or stray byte is refused here."""
+    head = data[:256]
+    if data.lstrip()[1:2] in (b'"', b"\n", b"\r", b" ", b"\t", b"}"):
+        try:
+            parsed = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if b'"learner"' in head:
+                raise BadRequestError(
+                    f"the XGBoost JSON model is truncated or invalid: {exc}"
+                ) from None
+            return None
+        kind = "xgboost-json"
+    else:
+        try:
+            parsed = ubjson.loads(data, max_depth=UBJSON_MAX_DEPTH)
+        except ubjson.UBJSONError as exc:
+            if b"learner" in head:
+                raise BadRequestError(
+                    f"the XGBoost UBJ model is truncated or invalid: {exc}"
+                ) from None
+            return None
+        kind = "xgboost-ubj"
+    if not (isinstance(parsed, dict) and isinstance(parsed.get("learner"), dict)):
+        if kind == "xgboost-json":
+            return None  # some other JSON document
+        raise BadRequestError("the UBJSON file is not an XGBoost model (no 'learner')")
+    return kind, parsed
+
+
+def lightgbm_header(data: bytes) -> dict[str, str]:
+    """The header of a LightGBM text model; refuses files LightGBM's parser would crash on.
+
+    LightGBM aborts the whole process on some malformed files, so the layout is checked here
+    and the file is then loaded once in a child process before this process touches it.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequestError("the LightGBM model is not UTF-8 text") from None
+    header_text, separator, _ = text.partition("\nTree=")
+    if not separator:
+        raise BadRequestError("the LightGBM model has no trees (is the file truncated?)")
+    if "\nend of trees" not in text:
+        raise BadRequestError("the LightGBM model is truncated: 'end of trees' is missing")
+    header = {}
+    for line in header_text.splitlines():
+        key, equals, value = line.partition("=")
+        if equals:
+            header[key.strip()] = value.strip()
+    missing = [
+        key
+        for key in ("version", "num_class", "max_feature_idx", "objective", "feature_names")
+        if key not in header
+    ]
+    if missing:
+        raise BadRequestError(f"the LightGBM model's header lacks {missing}")
+    return header
+
+
+# --- loading in a child process ----------------------------------------------------------------
+
+# Loading XGBoost and LightGBM files is native code that can abort the process on malformed
+# input (LightGBM does on truncated text), so an upload is loaded once in a child first.
+# Optional integrations the libraries import when present; the check needs none of them, and
+# skipping them makes the child start in under a second instead of several.
+_CHILD_PRELUDE = (
+    "import sys\n"
+    "for name in ('sklearn', 'pandas', 'pyarrow', 'polars', 'dask', 'cudf', 'cupy', "
+    "'datatable', 'graphviz', 'matplotlib'):\n"
+    "    sys.modules[name] = None\n"
+    "import numpy as np\n"
+)
+_CHILD_CHECKS = {
+    "xgboost": _CHILD_PRELUDE
+    + (
+        "import xgboost as xgb\n"
+        "b = xgb.Booster()\n"
+        "b.load_model(bytearray(sys.stdin.buffer.read()))\n"
+        "b.predict(xgb.DMatrix(np.zeros((2, b.num_features()))), validate_features=False)\n"
+        "b.get_dump(dump_format='json')\n"
+    ),
+    "lightgbm": _CHILD_PRELUDE
+    + (
+        "import lightgbm as lgb\n"
+        "b = lgb.Booster(model_str=sys.stdin.buffer.read().decode('utf-8'))\n"
+        "b.predict(np.zeros((2, b.num_feature())), num_threads=1)\n"
+        "b.dump_model()\n"
+    ),
+}
+_LIBRARY_NAMES = {"xgboost": "XGBoost", "lightgbm": "LightGBM"}
+CHILD_LOAD_SECONDS = 120.0  # a file the library takes longer to load is refused
+
+
+def check_loads_in_child(flavor: str, data: bytes, timeout: float = CHILD_LOAD_SECONDS) -> None:
+    """Load ``data`` with the native library in a separate Python; 400 if that fails or dies."""
+    library = _LIBRARY_NAMES[flavor]
+    try:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and script; data on stdin
+            [sys.executable, "-c", _CHILD_CHECKS[flavor]],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    except subprocess.TimeoutExpired:
+        raise BadRequestError(f"{library} took over {timeout:.0f}s to load the file") from None
+    if result.returncode == 0:
+        return
+    lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line]
+    fatal = [line for line in lines if "Fatal" in line or "Error" in line]
+    if fatal or lines:
+        reason = public_text((fatal or lines)[-1])
+    else:
+        reason = "the file is damaged or truncated"
+    crashed = " (its loader crashed)" if result.returncode < 0 else ""
+    raise BadRequestError(f"{library} cannot load the file{crashed}: {reason}")
