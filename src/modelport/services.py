@@ -21,6 +21,7 @@ from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
 from modelport.registry.artifacts import ArtifactStore, open_artifact_store
+from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
@@ -69,7 +70,22 @@ class Services:
             batch_size=settings.prediction_log_batch,
             flush_interval=settings.prediction_log_flush_seconds,
         )
-        predictions = PredictionService(resolver, models, log, settings.max_batch_rows)
+        batcher = Batcher(
+            BatchPolicy(
+                max_batch_size=settings.max_batch_size,
+                max_batch_delay=settings.max_batch_delay_ms / 1000,
+                max_queue=settings.max_queue_depth,
+            ),
+            pool_threads=settings.inference_pool_threads,
+        )
+        predictions = PredictionService(
+            resolver,
+            models,
+            log,
+            settings.max_batch_rows,
+            batcher,
+            request_timeout=settings.request_timeout_seconds,
+        )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         tokens = TokenCodec(
             load_or_create_secret(secret, settings.var_dir),
@@ -125,6 +141,7 @@ class Services:
                 await task
         await self.jobs.close()
         await self.key_usage.close()
+        self.predictions.close()
         await self.prediction_log.close(self.settings.shutdown_flush_seconds)
         if self.redis is not None:
             await self.redis.aclose()

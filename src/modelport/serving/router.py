@@ -12,6 +12,7 @@ from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.dependencies import get_services
 from modelport.http.uploads import is_multipart, read_upload
 from modelport.services import Services
+from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.schemas import PredictionsOut, WinePredictionOut
 from modelport.serving.service import PredictionResult, Target
 
@@ -119,6 +120,7 @@ async def predict_wine(
         _request_id(request),
         caller,
         allow_batch=False,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     return WinePredictionOut(
         predicted_quality=result.predictions[0]["predicted_quality"],
@@ -145,7 +147,11 @@ async def predict(
     if is_multipart(request):
         return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
-        target, await request.body(), _request_id(request), caller
+        target,
+        await request.body(),
+        _request_id(request),
+        caller,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     return _predictions_out(result)
 
@@ -168,6 +174,10 @@ async def predict_version(
     if is_multipart(request):
         return await _classify_upload(request, services, caller, target)
     result = await services.predictions.predict(
-        target, await request.body(), _request_id(request), caller
+        target,
+        await request.body(),
+        _request_id(request),
+        caller,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     return _predictions_out(result)

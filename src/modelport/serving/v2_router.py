@@ -23,6 +23,7 @@ from modelport.db.engine import database_is_reachable
 from modelport.dependencies import get_services
 from modelport.errors import InvalidInputError, ModelportError, UnsupportedMediaTypeError
 from modelport.services import Services
+from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.service import Target
 from modelport.serving.v2_schemas import (
     InferenceResponse,
@@ -278,6 +279,7 @@ async def _infer(
         caller,
         parse=call.parse,
         read_rows=call.read_rows,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     body, headers = call.respond(result)
     return Response(body, headers=headers)
