@@ -28,7 +28,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model, version or alias"},
     413: {"description": "Body larger than the limit, or too many rows"},
     422: {"description": "Input breaks the model's signature; `detail` names field and rule"},
-    503: {"description": "The model cannot be served right now"},
+    400: {"description": "Unusable request, e.g. an X-Request-Timeout that is not seconds"},
+    503: {
+        "description": "The model cannot be served right now, or too many requests already "
+        "wait for it (then with Retry-After)"
+    },
+    504: {"description": "The deadline (X-Request-Timeout, or the default) passed in line"},
 }
 
 _WINE_ROW_SCHEMA = WINE_SIGNATURE.row_model().model_json_schema()

@@ -105,7 +105,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ProtocolError, "description": "A request the model cannot use"},
     404: {"model": ProtocolError, "description": "Unknown model or version"},
     413: {"model": ProtocolError, "description": "Too many rows"},
-    503: {"model": ProtocolError, "description": "The model cannot be served right now"},
+    503: {
+        "model": ProtocolError,
+        "description": "The model cannot be served right now, or too many requests already "
+        "wait for it (then with Retry-After)",
+    },
+    504: {
+        "model": ProtocolError,
+        "description": "The deadline (X-Request-Timeout, or the default) passed in line",
+    },
 }
 _FIRST_WINE = [spec.example for spec in WINE_SIGNATURE.inputs]
 _TENSOR = {
