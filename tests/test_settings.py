@@ -164,6 +164,11 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_TRUSTED_PROXIES", "proxy.internal", "CIDR network"),
         ("MODELPORT_PROXY_HEADER", "x-real-ip", "'x-forwarded-for' or 'forwarded'"),
         ("MODELPORT_RATE_LIMIT_TRAINING_COST", "0", "greater than or equal to 1"),
+        ("MODELPORT_MAX_BATCH_SIZE", "0", "greater than or equal to 1"),
+        ("MODELPORT_MAX_BATCH_DELAY_MS", "-1", "greater than or equal to 0"),
+        ("MODELPORT_MAX_QUEUE_DEPTH", "0", "greater than or equal to 1"),
+        ("MODELPORT_INFERENCE_POOL_THREADS", "0", "greater than or equal to 1"),
+        ("MODELPORT_REQUEST_TIMEOUT_SECONDS", "0", "greater than 0"),
     ],
 )
 def test_bad_values_name_the_variable_to_fix(

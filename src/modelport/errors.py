@@ -99,6 +99,19 @@ class ServiceUnavailableError(ModelportError):
     headers: dict[str, str] | None = {"Retry-After": "1"}
 
 
+class OverloadedError(ServiceUnavailableError):
+    """Too many requests are already waiting for this model: refused at once, not queued."""
+
+    kind = "overloaded"
+
+
+class DeadlineExceededError(ModelportError):
+    """The request's deadline (X-Request-Timeout, or the default) passed before its answer."""
+
+    status_code = 504
+    kind = "deadline_exceeded"
+
+
 class ModelUnavailableError(ServiceUnavailableError):
     """The model exists but cannot be served right now (artifact missing, corrupt or unloadable)."""
 

@@ -25,6 +25,7 @@ from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
 from modelport.registry import service as registry
 from modelport.registry.management import RegistryManager
+from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
@@ -88,7 +89,22 @@ class Services:
             max_field_bytes=settings.prediction_log_max_field_bytes,
             retention_days=settings.prediction_log_retention_days,
         )
-        predictions = PredictionService(resolver, models, log, settings.max_batch_rows)
+        batcher = Batcher(
+            BatchPolicy(
+                max_batch_size=settings.max_batch_size,
+                max_batch_delay=settings.max_batch_delay_ms / 1000,
+                max_queue=settings.max_queue_depth,
+            ),
+            pool_threads=settings.inference_pool_threads,
+        )
+        predictions = PredictionService(
+            resolver,
+            models,
+            log,
+            settings.max_batch_rows,
+            batcher,
+            request_timeout=settings.request_timeout_seconds,
+        )
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         tokens = TokenCodec(
             load_or_create_secret(secret, settings.var_dir),
@@ -169,6 +185,7 @@ class Services:
                 await task
         await self.jobs.close()
         await self.key_usage.close()
+        self.predictions.close()
         await self.prediction_log.close(self.settings.shutdown_flush_seconds)
         if self.redis is not None:
             await self.redis.aclose()

@@ -176,6 +176,30 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="How long a resolved alias is trusted before re-reading."
     )
 
+    # Adaptive batching and overload, per model version.
+    max_batch_size: int = Field(
+        default=64, ge=1, le=100_000, description="Rows per runtime call once requests coalesce."
+    )
+    max_batch_delay_ms: float = Field(
+        default=0.0, ge=0, le=10_000, description="How long a batch may wait for more; 0: never."
+    )
+    max_queue_depth: int = Field(
+        default=128, ge=1, description="Requests waiting per model version; more get 503."
+    )
+    inference_pool_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Threads running batches too large to run on the event loop.",
+    )
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Deadline of a prediction; X-Request-Timeout "
+        "may ask for less. Requests still waiting for the model then get 504.",
+    )
+
     prediction_log_buffer: int = Field(default=10_000, ge=1, description="Rows held in memory.")
     prediction_log_buffer_bytes: int = Field(
         default=64 * 1_048_576,

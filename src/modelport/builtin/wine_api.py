@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from modelport.auth.dependencies import Predictor
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
+from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.dependencies import PredictionServiceDep
 from modelport.serving.router import PREDICT_ERRORS, json_body, request_id
 from modelport.serving.service import Target
@@ -46,6 +47,7 @@ async def predict_wine(
         request_id(request),
         caller,
         allow_batch=False,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     return WinePredictionOut(
         predicted_quality=result.predictions[0]["predicted_quality"],

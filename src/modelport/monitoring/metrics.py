@@ -16,3 +16,20 @@ PREDICTION_SECONDS = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+BATCH_ROWS = Histogram(
+    "modelport_batch_rows",
+    "Rows per runtime call, once concurrent requests for a model version are coalesced",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+BATCH_REQUESTS = Histogram(
+    "modelport_batch_requests",
+    "Requests coalesced into one runtime call",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REFUSALS = Counter(
+    "modelport_batch_refusals_total",
+    "Requests answered without running: queue full (503) or deadline passed (504)",
+    ["model", "reason"],
+)

@@ -17,6 +17,7 @@ from modelport.http.uploads import is_multipart, read_upload
 from modelport.images.dependencies import ImageServiceDep
 from modelport.images.service import ImageService
 from modelport.runtimes.signature import Signature
+from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.dependencies import PredictionServiceDep
 from modelport.serving.schemas import PredictionsOut
 from modelport.serving.service import PredictionResult, Target
@@ -31,7 +32,12 @@ PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "Unknown model, version or alias"},
     413: {"description": "Body larger than the limit, or too many rows"},
     422: {"description": "Input breaks the model's signature; `detail` names field and rule"},
-    503: {"description": "The model cannot be served right now"},
+    400: {"description": "Unusable request, e.g. an X-Request-Timeout that is not seconds"},
+    503: {
+        "description": "The model cannot be served right now, or too many requests already "
+        "wait for it (then with Retry-After)"
+    },
+    504: {"description": "The deadline (X-Request-Timeout, or the default) passed in line"},
 }
 
 
@@ -129,7 +135,11 @@ def create_router(example: Signature) -> APIRouter:
         if is_multipart(request):
             return await _classify_upload(request, images, caller, target)
         result = await predictions.predict(
-            target, await request.body(), request_id(request), caller
+            target,
+            await request.body(),
+            request_id(request),
+            caller,
+            timeout_header=request.headers.get(TIMEOUT_HEADER),
         )
         return _predictions_out(result)
 
@@ -152,7 +162,11 @@ def create_router(example: Signature) -> APIRouter:
         if is_multipart(request):
             return await _classify_upload(request, images, caller, target)
         result = await predictions.predict(
-            target, await request.body(), request_id(request), caller
+            target,
+            await request.body(),
+            request_id(request),
+            caller,
+            timeout_header=request.headers.get(TIMEOUT_HEADER),
         )
         return _predictions_out(result)
 

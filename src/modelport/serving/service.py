@@ -23,9 +23,16 @@ from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
 from modelport.runtimes.native import json_class
 from modelport.runtimes.signature import Signature
-from modelport.serving.model_cache import ModelCache
+from modelport.serving.batcher import Batcher, time_limit
+from modelport.serving.model_cache import LoadedModel, ModelCache
 from modelport.serving.resolver import VersionResolver
-from modelport.serving.validation import Rows, extract_rows, parse_json_body, validate_rows
+from modelport.serving.validation import (
+    Rows,
+    checked_matrix,
+    extract_rows,
+    parse_json_body,
+    validate_rows,
+)
 
 # How another wire format (the V2 protocol) reuses predict_with: its own body parser, and a
 # reader that turns the parsed body into rows once the version (and its signature) is known.
@@ -33,6 +40,13 @@ BodyParser = Callable[[bytes], Any]
 RowReader = Callable[[VersionRef, Any], Awaitable[Rows]]
 # What the prediction log row of a request that hit a bug says (the traceback is in the log).
 INTERNAL_ERROR = "internal error; the server log has the details under this request id"
+
+# Up to this many values (rows x fields) checking rows and naming outputs hold the event loop
+# for about a millisecond, less than a hop to a worker thread and back (about 0.1 ms a thousand
+# values; benchmarks/bench_validation.py). Wording errors with Pydantic costs about five times
+# as much, so it stays on the loop only for small requests.
+INLINE_VALUES = 20_000
+INLINE_WORDING_VALUES = 1_000
 
 
 @dataclass(frozen=True)
@@ -61,11 +75,15 @@ class PredictionService:
         cache: ModelCache,
         log: PredictionLogWriter,
         max_batch_rows: int,
+        batcher: Batcher,
+        request_timeout: float,
     ) -> None:
         self._resolver = resolver
         self._cache = cache
         self._log = log
         self._max_batch_rows = max_batch_rows
+        self._batcher = batcher
+        self._request_timeout = request_timeout
 
     async def predict(
         self,
@@ -75,12 +93,19 @@ class PredictionService:
         caller: Principal,
         *,
         allow_batch: bool = True,
+        timeout_header: str | None = None,
     ) -> PredictionResult:
         async def read_rows(ref: VersionRef, payload: Any) -> Rows:
             return extract_rows(payload, self._max_batch_rows, allow_batch=allow_batch)
 
         return await self.predict_with(
-            target, body, request_id, caller, parse=parse_json_body, read_rows=read_rows
+            target,
+            body,
+            request_id,
+            caller,
+            parse=parse_json_body,
+            read_rows=read_rows,
+            timeout_header=timeout_header,
         )
 
     async def predict_with(
@@ -92,10 +117,13 @@ class PredictionService:
         *,
         parse: BodyParser,
         read_rows: RowReader,
+        timeout_header: str | None = None,
     ) -> PredictionResult:
-        """``predict`` for any body format: same checks, log row and metrics."""
+        """``predict`` for any body format: same checks, log row and metrics. The deadline is
+        ``timeout_header`` (the caller's X-Request-Timeout) or the default, from now on."""
         call = _Call(target, caller, request_id, time.perf_counter())
         try:
+            deadline = call.started + time_limit(timeout_header, self._request_timeout)
             call.payload = parse(body)
             ref = await self._resolver.resolve_for(
                 caller, target.name, target.version, target.alias
@@ -108,15 +136,7 @@ class PredictionService:
                 )
             rows = await read_rows(ref, call.payload)
             model = await self._cache.get(ref)
-
-            def work() -> list[dict[str, Any]]:
-                # Validation and post-processing grow with the batch: keep them, like the
-                # inference between them, off the event loop.
-                features = validate_rows(ref.signature, rows)
-                outputs = model.runtime.predict_outputs(features)
-                return postprocess(ref.signature, outputs, len(rows.items), ref.details)
-
-            predictions = await anyio.to_thread.run_sync(work)
+            predictions = await self._run(model, rows, deadline)
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
             self._record(call, None, status, exc.message)
@@ -136,6 +156,33 @@ class PredictionService:
             request_id=request_id,
             timestamp=datetime.now(UTC),
         )
+
+    async def _run(self, model: LoadedModel, rows: Rows, deadline: float) -> list[dict[str, Any]]:
+        """Validate the rows into the model's input type, run them (with other requests for the
+        same version when they coincide) and name the outputs. Large requests validate and
+        post-process in a worker thread, so the event loop is never held for long."""
+        ref = model.ref
+        dtype = getattr(model.runtime, "input_dtype", np.float64)
+        size = len(rows.items) * max(1, len(ref.signature.inputs))
+        features = checked_matrix(ref.signature, rows, dtype) if size <= INLINE_VALUES else None
+        if features is None:  # large, or a rule may be broken: Pydantic says which
+            if size <= INLINE_WORDING_VALUES:
+                features = validate_rows(ref.signature, rows, dtype)
+            else:
+                features = await anyio.to_thread.run_sync(validate_rows, ref.signature, rows, dtype)
+        outputs = await self._batcher.run(model, features, deadline - time.perf_counter())
+        if size <= INLINE_VALUES:
+            return postprocess(ref.signature, outputs, len(rows.items), ref.details)
+        return await anyio.to_thread.run_sync(
+            postprocess, ref.signature, outputs, len(rows.items), ref.details
+        )
+
+    @property
+    def batcher(self) -> Batcher:
+        return self._batcher
+
+    def close(self) -> None:
+        self._batcher.close()
 
     def _record(self, call: _Call, outputs: Any, status: str, error: str | None) -> float:
         elapsed_ms = (time.perf_counter() - call.started) * 1000

@@ -25,6 +25,7 @@ from modelport.http.dependencies import SettingsDep
 from modelport.http.errors import log_failure
 from modelport.monitoring.logs import request_id_var
 from modelport.runtimes.signature import Signature
+from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.dependencies import ModelCacheDep, PredictionServiceDep, ResolverDep
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.service import PredictionService, Target
@@ -100,7 +101,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ProtocolError, "description": "A request the model cannot use"},
     404: {"model": ProtocolError, "description": "Unknown model or version"},
     413: {"model": ProtocolError, "description": "Too many rows"},
-    503: {"model": ProtocolError, "description": "The model cannot be served right now"},
+    503: {
+        "model": ProtocolError,
+        "description": "The model cannot be served right now, or too many requests already "
+        "wait for it (then with Retry-After)",
+    },
+    504: {
+        "model": ProtocolError,
+        "description": "The deadline (X-Request-Timeout, or the default) passed in line",
+    },
 }
 _TENSOR = {
     "type": "object",
@@ -264,6 +273,7 @@ async def _infer(request: Request, infer: Inference, caller: Principal, target: 
         caller,
         parse=call.parse,
         read_rows=call.read_rows,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
     body, headers = call.respond(result)
     return Response(body, headers=headers)
