@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -327,6 +328,8 @@ def main() -> int:
     if not (args.datasets / "winequality-red.csv").is_file():
         print("smoke: set MODELPORT_DATASETS_DIR to the folder of winequality-red.csv")
         return 2
+    # Stopped from outside (CI's time limit, Ctrl-C): still remove containers and database.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
         try:
             smoke(args, stack)
