@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 DOCKER=${DOCKER:-/usr/bin/docker}  # Debian's client, the same release as Debian's engine
-PYTHON=${PYTHON:-.venv/bin/python}
+PYTHON=${IMAGE_TEST_PYTHON:-.venv/bin/python}  # the project virtualenv (PyTorch, scikit-image)
 CACHE=${IMAGE_TEST_CACHE:-/var/cache/modelport-image-test}
 IMAGE=${IMAGE_TEST_TAG:-modelport:ci}
 MAX_IMAGE_BYTES=${MAX_IMAGE_BYTES:-1000000000}
