@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup builtins run test lint bench clean
+.PHONY: setup builtins run test lint bench clean builtin-artifacts image image-test server-lock
 
 # Dependencies, then the built-in models (trained / converted once, when not registered yet).
 setup: $(STAMP) builtins
@@ -33,6 +33,23 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python benchmarks/bench_wine.py
+
+# The container image (docs/deployment.md). The image holds no PyTorch: the ImageNet classifier
+# is converted to ONNX here first and copied in from deploy/builtins/.
+builtin-artifacts: $(STAMP)
+	$(BIN)/python deploy/docker/convert_builtins.py
+
+image: builtin-artifacts
+	docker build -t modelport .
+
+# Build the image against a base made from Debian's packages and smoke-test two containers of it
+# against the local PostgreSQL and Redis (run by CI after `make test`).
+image-test: $(STAMP)
+	bash deploy/ci/image-test.sh
+
+# After changing requirements.lock: the image's pinned subset of it.
+server-lock: $(STAMP)
+	$(BIN)/python deploy/docker/server_lock.py
 
 # Where `make run` keeps its database, artifacts and JWT secret: the directory the server's
 # settings resolve (so MODELPORT_VAR_DIR from the environment or .env counts), or its default
