@@ -55,7 +55,9 @@ def test_the_servers_secret_and_database_are_not_in_the_directory_it_runs_from(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(settings.var_dir.stat().st_mode) == 0o700
     assert not settings.var_dir.is_relative_to(Path.cwd())
-    assert not Path(settings.database_url.get_secret_value().partition(":///")[2]).is_relative_to(Path.cwd())
+    assert not Path(settings.database_url.get_secret_value().partition(":///")[2]).is_relative_to(
+        Path.cwd()
+    )
     assert not (workdir / "var").exists()
 
 
