@@ -21,7 +21,6 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from modelport.registry.artifacts import open_artifact_store
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import REGISTRY
 
@@ -33,6 +32,7 @@ from modelport.runtimes.onnx import OnnxRuntime
 from modelport.serving.batcher import Batcher, BatchPolicy, time_limit
 from modelport.serving.model_cache import LoadedModel
 from modelport.settings import Settings
+from modelport.storage.factory import open_artifact_store
 from tests.helpers import WINE_ROW, run, services_of
 from tests.registry.support import serve
 from tests.serving import gated_model
@@ -231,7 +231,7 @@ def register_gated(settings: Settings) -> None:
             async with create_session_factory(engine)() as session:
                 await registry.register_version(
                     session,
-                    open_artifact_store(settings.artifact_store),
+                    open_artifact_store(settings),
                     model_name="gated",
                     task="regression",
                     artifact=gated_model.gated_model_bytes(),
