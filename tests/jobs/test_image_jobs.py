@@ -3,9 +3,12 @@ classified after a restart, and two servers sharing one database classify each i
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from modelport.builtin.imagenet import ConvertedClassifier
@@ -48,6 +51,17 @@ def classifications_logged(database_url: str) -> Counter[str]:
     return counted
 
 
+def wait_for_job(client: TestClient, job_id: str, within: float = 60.0) -> dict[str, Any]:
+    """The job once it has finished: the image is marked done in the job's own work, and the
+    job row a moment later, when the runner records the outcome."""
+    deadline = time.monotonic() + within
+    while True:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.05)
+
+
 def test_a_pending_upload_survives_a_restart(
     make_settings: Callable[..., Settings], classifier: ConvertedClassifier
 ) -> None:
@@ -60,7 +74,7 @@ def test_a_pending_upload_survives_a_restart(
 
     with serve(make_settings(run_jobs=True, job_poll_seconds=0.1)) as restarted:
         result = wait_for_result(restarted, accepted["id"])
-        job = restarted.get(f"/api/v1/jobs/{accepted['job_id']}").json()
+        job = wait_for_job(restarted, accepted["job_id"])
 
     assert result["status"] == "completed"
     assert result["top_prediction"] == "Egyptian cat"

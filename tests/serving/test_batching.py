@@ -33,7 +33,7 @@ from modelport.serving.batcher import Batcher, BatchPolicy, time_limit
 from modelport.serving.model_cache import LoadedModel
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
-from tests.helpers import WINE_ROW, run, services_of
+from tests.helpers import OPERATOR, WINE_ROW, run, services_of
 from tests.registry.support import serve
 from tests.serving import gated_model
 from tests.serving.v2_support import field_inputs
@@ -383,7 +383,7 @@ def test_batch_sizes_are_published_in_metrics(
     gated_model.GATE.set()
     assert [f.result(timeout=HANG_GUARD_SECONDS).status_code for f in [held, *queued]] == [200] * 3
 
-    text = gated_client.get("/metrics").text
+    text = gated_client.get("/metrics", headers=OPERATOR).text
 
     assert 'modelport_batch_rows_bucket{le="4.0",model="gated"}' in text
     rows_le_4 = _sample(text, 'modelport_batch_rows_bucket{le="4.0",model="gated"}')
