@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup builtins run test lint bench clean builtin-artifacts image image-test server-lock
+.PHONY: setup builtins run test lint bench bench-tools profile clean builtin-artifacts image image-test server-lock
 
 # Dependencies, then the built-in models (trained / converted once, when not registered yet).
 setup: $(STAMP) builtins
@@ -31,8 +31,21 @@ lint: setup
 test: setup lint
 	$(BIN)/pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
 
-bench: setup
-	$(BIN)/python benchmarks/bench_wine.py
+# Side by side with the bare floor and Seldon MLServer, one table (about 10 minutes; needs wrk,
+# PostgreSQL and Redis, see benchmarks/README.md). BENCH_ARGS=--quick: a few seconds per cell.
+BENCH_ARGS ?=
+bench: setup bench-tools
+	$(BIN)/python benchmarks/bench.py --profile $(BENCH_ARGS)
+
+# wrk, the load generator (a Debian package; installed here when missing and we may).
+bench-tools:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
+	  { echo "make bench needs wrk: install it from your system's packages" >&2; exit 1; }
+
+# Only the flame graph of a production worker at c=64, into benchmarks/profiles/.
+profile: setup bench-tools
+	$(BIN)/python benchmarks/bench.py --profile-only $(BENCH_ARGS)
 
 # The container image (docs/deployment.md). The image holds no PyTorch: the ImageNet classifier
 # is converted to ONNX here first and copied in from deploy/builtins/.
