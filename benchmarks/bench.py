@@ -185,8 +185,8 @@ def prepare(work: Path) -> Inputs:
 
     from modelport.builtin.wine import FEATURE_NAMES, read_wine_csv, train_wine
     from modelport.builtin.wine_data import locate_wine_csv
-    from modelport.registry.artifacts import sha256_hex
     from modelport.settings import Settings
+    from modelport.storage.protocol import sha256_hex
 
     csv = locate_wine_csv(Settings(var_dir=work / "var"))
     wine = read_wine_csv(csv)
