@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -67,8 +68,9 @@ class ImageService:
         owner, it is what lets the uploader correct or delete the record later."""
         if not data:
             raise BadRequestError("the uploaded file is empty")
-        info = inspect_image(data, self.max_pixels)
-        stored = self.store.put(data, info.suffix)
+        # A full decode (up to MODELPORT_MAX_IMAGE_PIXELS) and the file write: a worker thread.
+        info = await anyio.to_thread.run_sync(inspect_image, data, self.max_pixels)
+        stored = await anyio.to_thread.run_sync(self.store.put, data, info.suffix)
         async with self.session_factory() as session:
             record = ImagePrediction(
                 owner_id=caller.user_id,
@@ -156,7 +158,7 @@ class ImageService:
             raise UnsupportedMediaTypeError(f"model {name!r} takes JSON rows, not an image upload")
         if not data:
             raise BadRequestError("the uploaded file is empty")
-        info = inspect_image(data, self.max_pixels)
+        info = await anyio.to_thread.run_sync(inspect_image, data, self.max_pixels)
         result = await classify(await self.models.get(ref), data, self.max_pixels)
         self.log.record(
             LogEntry(
