@@ -204,8 +204,12 @@ def _modelport_ready(response: httpx.Response) -> bool:
     """Ready, with both built-ins loaded (a worker that answers may have loaded only one)."""
     if response.status_code != 200:
         return False
-    loaded = response.json().get("components", {}).get("models", {}).get("detail", {})
-    return len(loaded.get("loaded", [])) >= 2
+    # Which models are loaded is for operators; each model's own V2 readiness is public.
+    base = str(response.url).removesuffix("/health/ready")
+    return all(
+        httpx.get(f"{base}/v2/models/{name}/ready", timeout=5).status_code == 200
+        for name in ("wine-quality", "imagenet-classifier")
+    )
 
 
 @contextmanager

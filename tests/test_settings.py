@@ -171,6 +171,9 @@ def test_an_absolute_file_artifact_store_is_kept(monkeypatch: pytest.MonkeyPatch
         ("MODELPORT_MAX_QUEUE_DEPTH", "0", "greater than or equal to 1"),
         ("MODELPORT_INFERENCE_POOL_THREADS", "0", "greater than or equal to 1"),
         ("MODELPORT_REQUEST_TIMEOUT_SECONDS", "0", "greater than 0"),
+        # A revocation unheard (no channel between replicas) must not be trusted for long.
+        ("MODELPORT_AUTH_CACHE_SECONDS", "3600", "less than or equal to 300"),
+        ("MODELPORT_AUTH_CACHE_SECONDS", "-1", "greater than or equal to 0"),
     ],
 )
 def test_bad_values_name_the_variable_to_fix(

@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from modelport.auth.accounts import Accounts
+from modelport.auth.callers import Callers
 from modelport.auth.context import AuthContext
 from modelport.auth.jwt_secret import load_or_create_secret
 from modelport.auth.key_usage import KeyUsageRecorder
 from modelport.auth.tokens import TokenCodec
 from modelport.changes import ChangeHub
+from modelport.changes_bridge import ChangeBridge, open_change_bridge
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.images.service import CLASSIFY_JOB, ImageService
 from modelport.jobs.runner import JobRunner
@@ -58,7 +60,9 @@ class Services:
     training: TrainingService
     auth: AuthContext
     accounts: Accounts
+    callers: Callers
     redis: Redis | None = None
+    change_bridge: ChangeBridge | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -133,7 +137,20 @@ class Services:
         runner.register(TRAIN_JOB, training.handle_job)
         limiter = Limiter(buckets, fail_open=settings.rate_limit_fail_open)
         key_usage = KeyUsageRecorder(session_factory)
-        auth = AuthContext(settings, session_factory, tokens, limiter, key_usage)
+        callers = Callers(session_factory, settings.auth_cache_seconds)
+        changes.subscribe(callers.forget)
+        auth = AuthContext(settings, session_factory, tokens, limiter, key_usage, callers)
+
+        def expire_caches() -> None:
+            callers.expire_all()
+            resolver.expire_all()
+
+        bridge = open_change_bridge(
+            changes,
+            expire_caches,
+            redis_url=settings.redis_url.get_secret_value() if settings.redis_url else None,
+            engine=engine,
+        )
         accounts = Accounts(
             session_factory,
             tokens,
@@ -160,7 +177,9 @@ class Services:
             training=training,
             auth=auth,
             accounts=accounts,
+            callers=callers,
             redis=redis,
+            change_bridge=bridge,
         )
 
     def install(self, state: Any) -> None:
@@ -172,6 +191,8 @@ class Services:
                 setattr(state, part.name, getattr(self, part.name))
 
     async def start(self) -> None:
+        if self.change_bridge is not None:
+            self.change_bridge.start()
         self.prediction_log.start()
         self.key_usage.start()
         if self.settings.run_jobs:
@@ -183,6 +204,8 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.change_bridge is not None:
+            await self.change_bridge.stop()
         await self.jobs.close()
         await self.key_usage.close()
         self.predictions.close()

@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     registry_cache_seconds: float = Field(
         default=2.0, ge=0, description="How long a resolved alias is trusted before re-reading."
     )
+    auth_cache_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="How long an accepted API key or token session is trusted before the "
+        "database is read again; changes carried between replicas apply at once, this bounds "
+        "how late they apply when they cannot be carried. 0: read on every request.",
+    )
 
     # Adaptive batching and overload, per model version.
     max_batch_size: int = Field(

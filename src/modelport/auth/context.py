@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from modelport.auth.callers import Callers
 from modelport.auth.key_usage import KeyUsageRecorder
 from modelport.auth.tokens import TokenCodec
 from modelport.ratelimit.buckets import Limiter
@@ -19,3 +20,4 @@ class AuthContext:
     tokens: TokenCodec
     limiter: Limiter
     key_usage: KeyUsageRecorder
+    callers: Callers

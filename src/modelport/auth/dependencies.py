@@ -9,10 +9,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from modelport.auth import service
 from modelport.auth.accounts import Accounts
 from modelport.auth.context import AuthContext
-from modelport.auth.principal import ALL_SCOPES, Principal
+from modelport.auth.principal import Principal
 from modelport.auth.tokens import InvalidTokenError
 from modelport.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from modelport.http.proxies import rate_key
@@ -61,8 +60,8 @@ async def _identify(
 ) -> Principal:
     address = client_address(request)
     if api_key:
-        async with auth.session_factory() as session:
-            principal = await service.principal_for_key(session, api_key, address)
+        # Read from the database at most every MODELPORT_AUTH_CACHE_SECONDS (auth.callers).
+        principal = await auth.callers.for_key(api_key, address)
         assert principal.api_key_id is not None
         auth.key_usage.touch(principal.api_key_id)
         return principal
@@ -71,10 +70,7 @@ async def _identify(
             claims = auth.tokens.decode(credentials.credentials, "access")
         except InvalidTokenError as exc:
             raise UnauthorizedError(f"access token rejected: {exc}") from None
-        async with auth.session_factory() as session:
-            # One query: the account, and whether this token's session has been ended.
-            user = await service.user_for_access(session, claims)
-        return Principal(address, user_id=user.id, role=user.role, scopes=ALL_SCOPES)
+        return await auth.callers.for_access(claims, address)
     scopes = {"read", "predict"} if auth.settings.anonymous_predictions else {"read"}
     return Principal(address, scopes=frozenset(scopes))
 

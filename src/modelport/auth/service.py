@@ -323,17 +323,14 @@ async def update_api_key(
     return key
 
 
-async def principal_for_key(
-    session: AsyncSession, plaintext: str, client_address: str
-) -> Principal:
-    """Look the key up by its hash on every call, so a revocation anywhere applies at once."""
-    if not api_keys.looks_like_key(plaintext):
-        raise UnauthorizedError("API key rejected: not a modelport key")
+async def principal_for_key_hash(session: AsyncSession, key_hash: str) -> Principal:
+    """The key with this SHA-256 and its account, checked (revoked, expired, disabled), as a
+    principal with no client address yet (``auth.callers`` remembers it for a few seconds)."""
     row = (
         await session.execute(
             select(ApiKey, User)
             .join(User, User.id == ApiKey.user_id)
-            .where(ApiKey.key_hash == api_keys.hash_key(plaintext))
+            .where(ApiKey.key_hash == key_hash)
         )
     ).first()
     if row is None:
@@ -342,11 +339,11 @@ async def principal_for_key(
     if key.revoked_at is not None:
         raise UnauthorizedError("API key rejected: it was revoked")
     if key.expires_at <= datetime.now(UTC):
-        raise UnauthorizedError("API key rejected: it has expired")
+        raise UnauthorizedError(KEY_EXPIRED)
     if user.disabled:
         raise ForbiddenError("this account is disabled; ask an administrator")
     return Principal(
-        client_address=client_address,
+        client_address="",
         user_id=user.id,
         role=user.role,
         api_key_id=key.id,
@@ -354,6 +351,9 @@ async def principal_for_key(
         api_key_expires_at=key.expires_at,
         scopes=frozenset(key.scopes) & ALL_SCOPES,
     )
+
+
+KEY_EXPIRED = "API key rejected: it has expired"
 
 
 async def list_api_keys(session: AsyncSession, user_id: uuid.UUID) -> list[ApiKey]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from modelport.auth.principal import Principal
+from modelport.caching import RecentCache
 from modelport.changes import REGISTRY_TOPICS, Change
 from modelport.errors import ModelportError, NotFoundError, ServiceUnavailableError
 from modelport.registry import service as registry
@@ -22,32 +21,39 @@ def _key(name: str, version: int | None, alias: str | None) -> _Key:
     return (name, None, alias or registry.DEFAULT_ALIAS)
 
 
+# Distinct answers kept per process (model x alias or version); the least recently used go.
+MAX_ENTRIES = 4096
+
+
+def _registry_unreachable(error: Exception) -> bool:
+    """Only an unreachable registry is answered from what it last said; "not found" is final."""
+    return not isinstance(error, NotFoundError)
+
+
 class VersionResolver:
     def __init__(self, session_factory: async_sessionmaker[AsyncSession], ttl: float) -> None:
         self._session_factory = session_factory
-        self._ttl = ttl
-        self._cache: dict[_Key, tuple[float, VersionRef]] = {}
+        self._cache: RecentCache[_Key, VersionRef] = RecentCache(ttl, MAX_ENTRIES)
+
+    @property
+    def loads(self) -> int:
+        """Registry reads started so far (concurrent callers of one key share one)."""
+        return self._cache.loads
 
     async def resolve(self, name: str, version: int | None, alias: str | None) -> VersionRef:
-        key = _key(name, version, alias)
-        hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        try:
+        """The version ``name`` at ``version`` or ``alias`` names. When the remembered answer
+        is older than the cache lifetime, one caller per key reads the registry and the others
+        wait for that read. If the registry cannot be reached, what it last said is served
+        rather than failing predictions whose model is already in memory; changes apply once
+        it is back."""
+
+        async def load() -> VersionRef:
             async with self._session_factory() as session:
-                ref = await registry.resolve(session, name, version, alias)
-        except NotFoundError:
-            self._cache.pop(key, None)
-            raise
-        except Exception:
-            # The registry is unreachable: keep serving what it last said rather than fail
-            # predictions whose model is already in memory. Changes apply once it is back.
-            if hit is not None:
-                return hit[1]
-            raise
-        self._cache[key] = (now, ref)
-        return ref
+                return await registry.resolve(session, name, version, alias)
+
+        return await self._cache.get(
+            _key(name, version, alias), load, stale_on=_registry_unreachable
+        )
 
     async def resolve_for(
         self, caller: Principal, name: str, version: int | None, alias: str | None
@@ -73,14 +79,18 @@ class VersionResolver:
 
     def remember(self, ref: VersionRef, alias: str) -> None:
         """Seed the answer for ``name`` via ``alias`` (start-up preload knows it already)."""
-        self._cache[_key(ref.model_name, None, alias)] = (time.monotonic(), ref)
+        self._cache.put(_key(ref.model_name, None, alias), ref)
 
     def invalidate(self) -> None:
         self._cache.clear()
+
+    def expire_all(self) -> None:
+        """Read every answer again before trusting it, keeping it for a registry outage
+        (changes may have gone unheard while the channel between replicas was away)."""
+        self._cache.expire_all()
 
     def forget(self, change: Change) -> None:
         """A model, version or alias changed (here or on another replica): forget what was
         remembered of that model; the next request asks the registry again."""
         if change.topic in REGISTRY_TOPICS:
-            for key in [key for key in self._cache if key[0] == change.subject]:
-                self._cache.pop(key, None)
+            self._cache.forget_where(lambda key, _ref: key[0] == change.subject)
