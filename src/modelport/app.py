@@ -21,6 +21,7 @@ from modelport.images.router import router as images_router
 from modelport.jobs.router import router as jobs_router
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
+from modelport.monitoring.metrics import worker_stopped
 from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
@@ -40,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await services.stop()
+            worker_stopped()
 
     app = FastAPI(
         title="modelport",
