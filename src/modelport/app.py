@@ -14,7 +14,6 @@ from modelport.builtin.wine import WINE_SIGNATURE
 from modelport.builtin.wine_api import router as wine_router
 from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
-from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
 from modelport.http.proxies import TrustedProxies, parse_networks
 from modelport.images.router import router as images_router
@@ -50,27 +49,28 @@ def create_app(settings: Settings) -> FastAPI:
         "an audit log of every prediction.",
         lifespan=lifespan,
     )
-    # Added last runs first: the request context wraps everything, CORS answers preflights.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_allow_origins,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=[
-            "Authorization",
-            "X-API-Key",
-            "Content-Type",
-            "X-Request-ID",
-            "X-Delete-Token",
-        ],
-        expose_headers=[
-            "X-Request-ID",
-            "X-RateLimit-Limit",
-            "X-RateLimit-Remaining",
-            "X-RateLimit-Reset",
-            "Retry-After",
-        ],
-    )
-    app.add_middleware(ResponseHeadersMiddleware)
+    # Added last runs first: the request context wraps everything (and adds the headers every
+    # response carries); CORS, only when origins are configured, answers preflights inside it.
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Request-ID",
+                "X-Delete-Token",
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+        )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
