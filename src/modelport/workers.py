@@ -1,10 +1,10 @@
 """What the worker processes of one ``modelport serve`` share: a fresh directory per run.
 
-With more than one worker, ``serve`` creates it under the var dir before any worker starts and
-names it in the environment the workers inherit. It holds the Prometheus multiprocess files
-(``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` sums every worker) and, without Redis, the
-rate-limit buckets the workers share. It is removed when the server stops; one left behind by a
-server that was killed is removed by the next start.
+With more than one worker, ``serve`` creates it under the var dir (``run/<host name>/``) before
+any worker starts and names it in the environment the workers inherit. It holds the Prometheus
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` sums every worker) and,
+without Redis, the rate-limit buckets the workers share. It is removed when the server stops;
+one left behind by a server that was killed is removed by the next start on that host.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,8 +67,10 @@ def shared_run_dir(var_dir: Path, workers: int) -> Iterator[Path | None]:
     if workers <= 1:
         yield None
         return
-    parent = var_dir / "run"
-    parent.mkdir(mode=0o700, exist_ok=True)
+    # Per host: a var dir shared by several hosts (or containers, each with its own process
+    # ids) never has one host remove another's directory as stale.
+    parent = var_dir / "run" / re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname() or "host")
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _remove_stale(parent)
     path = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=parent))
     metrics = path / "metrics"

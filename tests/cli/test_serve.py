@@ -243,7 +243,7 @@ def spread(requests: list[Callable[[httpx.Client], int]]) -> list[int]:
 
 def workers_that_predicted(run_root: Path) -> int:
     """How many worker processes counted a prediction (each writes its own metrics file)."""
-    [metrics] = run_root.glob("serve-*/metrics")
+    [metrics] = run_root.glob("*/serve-*/metrics")  # run/<host>/serve-<pid>-...
     counted = 0
     for path in metrics.glob("counter_*.db"):
         for metric in MultiProcessCollector.merge([str(path)]):
@@ -296,7 +296,7 @@ def test_two_workers_share_metrics_and_rate_limits(
     assert sorted(statuses) == [200] * 5 + [429] * 15
 
     assert_clean_exit(server, server.terminate())
-    assert not list((wine_home / "run").glob("serve-*"))  # the run's directory is gone
+    assert not list((wine_home / "run").glob("*/serve-*"))  # the run's directory is gone
 
 
 def test_the_default_is_one_worker_per_usable_core(tmp_path: Path) -> None:
