@@ -14,13 +14,13 @@ from modelport.builtin.wine import WINE_SIGNATURE
 from modelport.builtin.wine_api import router as wine_router
 from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
-from modelport.http.headers import ResponseHeadersMiddleware
 from modelport.http.middleware import RequestContextMiddleware
 from modelport.http.proxies import TrustedProxies, parse_networks
 from modelport.images.router import router as images_router
 from modelport.jobs.router import router as jobs_router
 from modelport.monitoring.health import router as health_router
 from modelport.monitoring.logs import configure_logging
+from modelport.monitoring.metrics import worker_stopped
 from modelport.monitoring.router import router as predictions_router
 from modelport.registry.router import router as registry_router
 from modelport.services import Services
@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await services.stop()
+            worker_stopped()
 
     app = FastAPI(
         title="modelport",
@@ -48,27 +49,28 @@ def create_app(settings: Settings) -> FastAPI:
         "an audit log of every prediction.",
         lifespan=lifespan,
     )
-    # Added last runs first: the request context wraps everything, CORS answers preflights.
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_allow_origins,
-        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=[
-            "Authorization",
-            "X-API-Key",
-            "Content-Type",
-            "X-Request-ID",
-            "X-Delete-Token",
-        ],
-        expose_headers=[
-            "X-Request-ID",
-            "X-RateLimit-Limit",
-            "X-RateLimit-Remaining",
-            "X-RateLimit-Reset",
-            "Retry-After",
-        ],
-    )
-    app.add_middleware(ResponseHeadersMiddleware)
+    # Added last runs first: the request context wraps everything (and adds the headers every
+    # response carries); CORS, only when origins are configured, answers preflights inside it.
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "X-Request-ID",
+                "X-Delete-Token",
+            ],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+        )
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.max_request_bytes,
@@ -80,12 +82,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     for router in (
-        health_router,
-        auth_router,
+        # Prediction routes first: a request is matched against the routes in this order, and
+        # predictions are most of the traffic. No other route matches their paths.
         wine_router,
         # The generic routes' docs show a wine row: the built-in every install has.
         serving_routes.create_router(example=WINE_SIGNATURE),
         v2_routes.create_router(example=WINE_SIGNATURE),
+        health_router,
+        auth_router,
         registry_router,
         datasets_router,
         predictions_router,

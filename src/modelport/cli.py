@@ -78,7 +78,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [MODELPORT_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [MODELPORT_PORT]")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes [MODELPORT_WORKERS]")
+        int | None,
+        typer.Option(
+            min=1, max=64, help="Worker processes [MODELPORT_WORKERS; default: usable CPU cores]"
+        ),
     ] = None,
 ) -> None:
     """Upgrade the database schema, then serve the API."""
@@ -86,25 +89,31 @@ def serve(
 
     from modelport.db.migrate import upgrade
     from modelport.monitoring.logs import configure_logging
+    from modelport.workers import shared_run_dir
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     _make_var_dir(settings)
     with _database_errors(settings):
         upgrade(settings.database_url)
-    uvicorn.run(
-        "modelport.app:create_app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_config=None,
-        access_log=False,  # our middleware writes the access log, with request ids
-        # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say; the
-        # app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address reaches it.
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
-    )
+    processes = workers or settings.workers
+    # Several workers share a fresh directory (metrics files, rate-limit buckets without
+    # Redis), named in the environment before they start: see modelport.workers.
+    with shared_run_dir(settings.var_dir, processes):
+        uvicorn.run(
+            "modelport.app:create_app_from_env",
+            factory=True,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=processes,
+            log_config=None,
+            access_log=False,  # our middleware writes the access log, with request ids
+            # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say;
+            # the app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address
+            # reaches it.
+            proxy_headers=False,
+            timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
+        )
 
 
 @db_app.command("upgrade")

@@ -24,7 +24,8 @@ from modelport.db.engine import create_engine, create_session_factory
 from modelport.images.service import CLASSIFY_JOB, ImageService
 from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
-from modelport.ratelimit.buckets import Buckets, Limiter, MemoryBuckets, RedisBuckets
+from modelport.ratelimit.buckets import Limiter
+from modelport.ratelimit.factory import build_limiter
 from modelport.registry import service as registry
 from modelport.registry.management import RegistryManager
 from modelport.serving.batcher import Batcher, BatchPolicy
@@ -122,7 +123,6 @@ class Services:
             if settings.redis_url is not None
             else None
         )
-        buckets: Buckets = RedisBuckets(redis) if redis is not None else MemoryBuckets()
         runner = JobRunner(
             session_factory,
             poll_seconds=settings.job_poll_seconds,
@@ -135,7 +135,7 @@ class Services:
         runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
         training = TrainingService(session_factory, store, runner)
         runner.register(TRAIN_JOB, training.handle_job)
-        limiter = Limiter(buckets, fail_open=settings.rate_limit_fail_open)
+        limiter = build_limiter(settings, redis)
         key_usage = KeyUsageRecorder(session_factory)
         callers = Callers(session_factory, settings.auth_cache_seconds)
         changes.subscribe(callers.forget)
@@ -195,6 +195,7 @@ class Services:
             self.change_bridge.start()
         self.prediction_log.start()
         self.key_usage.start()
+        self.limiter.start()
         if self.settings.run_jobs:
             self.jobs.start()
         self._tasks.append(asyncio.create_task(self._preload_production(), name="preload"))
@@ -210,6 +211,7 @@ class Services:
         await self.key_usage.close()
         self.predictions.close()
         await self.prediction_log.close(self.settings.shutdown_flush_seconds)
+        await self.limiter.close()  # unused leased tokens go back to Redis
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

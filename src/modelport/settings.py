@@ -19,6 +19,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from modelport.workers import usable_cores
+
 ENV_PREFIX = "MODELPORT_"
 
 # S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, starting and ending with a
@@ -165,7 +167,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(
+        default_factory=lambda: min(usable_cores(), 64),
+        ge=1,
+        le=64,
+        description="Worker processes of `modelport serve`; the usable CPU cores if unset.",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["json", "text"] = "json"
 
@@ -267,6 +274,16 @@ class Settings(BaseSettings):
     )
     rate_limit_fail_open: bool = Field(
         default=True, description="Allow requests when Redis is unreachable (else refuse)."
+    )
+    rate_limit_lease_fraction: float = Field(
+        default=0.05,
+        ge=0,
+        le=0.5,
+        description="Share of a bucket's capacity one process takes from Redis at once, so most"
+        " requests need no round trip; 0: one round trip per request.",
+    )
+    rate_limit_lease_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How long unused leased tokens stay with a process."
     )
     rate_limit_anonymous_per_minute: int = Field(default=60, ge=1)
     rate_limit_user_per_minute: int = Field(default=600, ge=1)

@@ -208,6 +208,35 @@ def test_replicas_sharing_redis_share_each_bucket(serve: Callable[..., TestClien
     assert_limited(two.get(MODELS, headers=key), 2)
 
 
+def test_replicas_leasing_from_redis_honour_a_key_s_limit(
+    serve: Callable[..., TestClient],
+) -> None:
+    redis_url = require_redis(flush=True)
+    # A lease of a quarter of the bucket (10 tokens) per replica: most requests ask no one.
+    settings = {
+        "redis_url": redis_url,
+        "rate_limit_api_key_per_minute": 40,
+        "rate_limit_lease_fraction": 0.25,
+        "rate_limit_user_per_minute": 1000,
+    }
+    one = serve("replica-1", **settings)
+    two = serve("replica-2", **settings)
+    _, headers = sign_up(one)
+    key = key_header(create_key(one, headers)["key"])
+
+    answers = [
+        (one if n % 2 else two).post("/predict", json=WINE_ROW, headers=key) for n in range(60)
+    ]
+    statuses = [r.status_code for r in answers]
+    # Tokens leave Redis before they are spent, so never more than the bucket (a token refills
+    # every 1.5 s: at most a few during the test); both replicas kept asking, so no lease was
+    # left unspent either.
+    assert 40 <= statuses.count(200) <= 40 + 5
+    assert set(statuses) == {200, 429}
+    assert {limit_state(response)[0] for response in answers} == {40}
+    assert_limited(answers[-1], 40)
+
+
 @ONE_BACKEND
 def test_an_unreachable_redis_lets_requests_through_by_default(
     serve: Callable[..., TestClient], caplog: pytest.LogCaptureFixture

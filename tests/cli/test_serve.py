@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +19,12 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
+from modelport.workers import usable_cores
 from tests.helpers import METRICS_TOKEN, OPERATOR, WINE_ROW, register_trained
 
 MODELPORT = Path(sys.executable).with_name("modelport")
@@ -219,3 +223,96 @@ def test_serve_believes_forwarded_addresses_only_from_trusted_proxies(
     assert anonymous_reads(proxied, spoofed) == [200, 200, 200]
     assert anonymous_reads(proxied, ["198.51.100.9"] * 3) == [200, 200, 429]
     proxied.terminate()
+
+
+PREDICTED = re.compile(
+    r'^modelport_predictions_total\{model="wine-quality",status="success"\} (\S+)$', re.MULTILINE
+)
+
+
+def spread(requests: list[Callable[[httpx.Client], int]]) -> list[int]:
+    """Send each request on a connection of its own, 32 at a time, so both workers take some."""
+
+    def send(request: Callable[[httpx.Client], int]) -> int:
+        with httpx.Client(timeout=30) as client:
+            return request(client)
+
+    with ThreadPoolExecutor(32) as pool:
+        return list(pool.map(send, requests))
+
+
+def workers_that_predicted(run_root: Path) -> int:
+    """How many worker processes counted a prediction (each writes its own metrics file)."""
+    [metrics] = run_root.glob("*/serve-*/metrics")  # run/<host>/serve-<pid>-...
+    counted = 0
+    for path in metrics.glob("counter_*.db"):
+        for metric in MultiProcessCollector.merge([str(path)]):
+            if metric.name == "modelport_predictions" and any(
+                sample.value > 0 for sample in metric.samples
+            ):
+                counted += 1
+    return counted
+
+
+def test_two_workers_share_metrics_and_rate_limits(
+    start_server: Callable[..., Server], wine_home: Path
+) -> None:
+    port = free_port()
+    server = start_server(
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        port=port,
+        extra_env={
+            # Each X-Forwarded-For address has its own anonymous bucket of 5 a minute.
+            "MODELPORT_TRUSTED_PROXIES": "127.0.0.1",
+            "MODELPORT_RATE_LIMIT_ANONYMOUS_PER_MINUTE": "5",
+        },
+    )
+    server.wait_until_ready()
+    url = f"{server.base_url}/predict"
+
+    def predict_as(address: str) -> Callable[[httpx.Client], int]:
+        return lambda client: (
+            client.post(url, json=WINE_ROW, headers={"X-Forwarded-For": address}).status_code
+        )
+
+    # 80 predictions from 16 addresses, 5 each: all within their limits.
+    answered = spread([predict_as(f"198.51.100.{n % 16}") for n in range(80)])
+    assert answered == [200] * 80
+    assert workers_that_predicted(wine_home / "run") == 2  # both served: the sum means something
+
+    # Every scrape, whichever worker answers it, counts the predictions of both.
+    def scrape(client: httpx.Client) -> int:
+        text = client.get(f"{server.base_url}/metrics", headers=OPERATOR).text
+        found = PREDICTED.search(text)
+        return int(float(found.group(1))) if found else 0
+
+    assert spread([scrape] * 8) == [80] * 8
+
+    # One address, 20 requests racing over both workers: one bucket, so exactly 5 pass.
+    statuses = spread([predict_as("203.0.113.7")] * 20)
+    assert sorted(statuses) == [200] * 5 + [429] * 15
+
+    assert_clean_exit(server, server.terminate())
+    assert not list((wine_home / "run").glob("*/serve-*"))  # the run's directory is gone
+
+
+def test_the_default_is_one_worker_per_usable_core(tmp_path: Path) -> None:
+    # Pinned to one CPU, a process on a bigger machine still defaults to one worker.
+    code = (
+        "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+        "from modelport.settings import Settings; print(Settings().workers)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    env["MODELPORT_VAR_DIR"] = str(tmp_path)
+    pinned = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert pinned.stdout.strip() == "1"
+    code = "from modelport.settings import Settings; print(Settings().workers)"
+    free = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert int(free.stdout) == min(usable_cores(), 64)  # the affinity, within any CPU quota

@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 import re
 import socket
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.client import Pipeline
 
 from tests.helpers import OPERATOR
 
@@ -49,3 +52,24 @@ def backend_errors(client: TestClient, outcome: str) -> float:
     text = client.get("/metrics", headers=OPERATOR).text
     found = re.search(rf'^{BACKEND_ERRORS}{{outcome="{outcome}"}} (\S+)$', text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+class CountingRedis(AsyncRedis):
+    """A real Redis client that counts its round trips: each command, and each pipeline sent."""
+
+    round_trips = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.round_trips += 1
+        return await super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        pipe = super().pipeline(transaction, shard_hint)
+        send = pipe.execute
+
+        async def execute(raise_on_error: bool = True) -> list[Any]:
+            self.round_trips += 1
+            return await send(raise_on_error)
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -15,11 +17,13 @@ from modelport.ratelimit.buckets import (
     SIGN_IN_PREFIX,
     Buckets,
     Decision,
+    LeasedBuckets,
     Limit,
     Limiter,
     MemoryBuckets,
     RedisBuckets,
 )
+from modelport.ratelimit.shared import SharedMemoryBuckets
 from tests.helpers import run
 from tests.ratelimit.support import closed_port_url, require_redis
 
@@ -30,6 +34,18 @@ WAIT_SECONDS = 10.0  # generous: only a hung refill would ever reach it
 async def memory_buckets() -> AsyncIterator[list[Buckets]]:
     shared = MemoryBuckets()
     yield [shared, shared]
+
+
+@asynccontextmanager
+async def shared_buckets() -> AsyncIterator[list[Buckets]]:
+    """Two maps of one table file, like two workers of one server."""
+    with tempfile.TemporaryDirectory() as directory:
+        tables = [SharedMemoryBuckets(Path(directory) / "buckets") for _ in range(2)]
+        try:
+            yield list(tables)
+        finally:
+            for table in tables:
+                table.close()
 
 
 @asynccontextmanager
@@ -44,7 +60,20 @@ async def redis_buckets() -> AsyncIterator[list[Buckets]]:
             await client.aclose()
 
 
-BACKENDS = {"memory": memory_buckets, "redis": redis_buckets}
+@asynccontextmanager
+async def leased_buckets() -> AsyncIterator[list[Buckets]]:
+    """Two replicas with the default lease: the buckets here are too small to lease, so they
+    must behave exactly as the exact ones."""
+    async with redis_buckets() as exact:
+        yield [LeasedBuckets(buckets) for buckets in exact]  # type: ignore[arg-type]
+
+
+BACKENDS = {
+    "memory": memory_buckets,
+    "shared": shared_buckets,
+    "redis": redis_buckets,
+    "leased": leased_buckets,
+}
 Scenario = Callable[[list[Buckets], str], Awaitable[None]]
 
 
@@ -63,7 +92,7 @@ async def take_all(buckets: Buckets, key: str, limit: Limit, times: int) -> list
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
-    if name == "redis":
+    if name in ("redis", "leased"):
         require_redis()
     return name
 

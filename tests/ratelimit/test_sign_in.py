@@ -4,15 +4,18 @@ uses, that attempts are reserved atomically, and that a right password gives the
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from modelport.errors import TooManyRequestsError
 from modelport.ratelimit.buckets import Buckets, Limit, Limiter, MemoryBuckets, RedisBuckets
+from modelport.ratelimit.shared import SharedMemoryBuckets
 from modelport.ratelimit.sign_in import Attempt, SignInLimits, SignInThrottle
 from tests.helpers import run
 from tests.ratelimit.support import require_redis
@@ -41,7 +44,19 @@ async def redis() -> AsyncIterator[list[Buckets]]:
             await client.aclose()
 
 
-BACKENDS = {"memory": memory, "redis": redis}
+@asynccontextmanager
+async def shared() -> AsyncIterator[list[Buckets]]:
+    """Two workers of one server without Redis: two maps of one table file."""
+    with tempfile.TemporaryDirectory() as directory:
+        tables = [SharedMemoryBuckets(Path(directory) / "buckets") for _ in range(2)]
+        try:
+            yield list(tables)
+        finally:
+            for table in tables:
+                table.close()
+
+
+BACKENDS = {"memory": memory, "shared": shared, "redis": redis}
 Scenario = Callable[[list[SignInThrottle], str], Awaitable[None]]
 
 

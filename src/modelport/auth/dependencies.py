@@ -32,12 +32,12 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-def get_auth_context(request: Request) -> AuthContext:
+async def get_auth_context(request: Request) -> AuthContext:
     auth: AuthContext = request.app.state.auth
     return auth
 
 
-def get_accounts(request: Request) -> Accounts:
+async def get_accounts(request: Request) -> Accounts:
     accounts: Accounts = request.app.state.accounts
     return accounts
 
@@ -131,13 +131,17 @@ async def enforce_rate_limit(
         )
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+ApiKey = Annotated[str | None, Security(api_key_scheme)]
+
+
 async def get_principal(
-    request: Request,
-    auth: AuthDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    api_key: Annotated[str | None, Security(api_key_scheme)],
+    request: Request, auth: AuthDep, credentials: Credentials, api_key: ApiKey
 ) -> Principal:
     """Identify the caller once per request, then apply their rate limit."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:  # another of this route's dependencies already did
+        return principal
     try:
         principal = await _identify(request, auth, credentials, api_key)
     except UnauthorizedError:
@@ -151,42 +155,55 @@ async def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+_SIGN_IN = "sign in (Bearer token) or send an API key (X-API-Key)"
 
 
-def require_scope(
-    scope: str, *, anonymous: bool = True
-) -> Callable[[Principal], Awaitable[Principal]]:
+def _caller(check: Callable[[Principal], None]) -> Callable[..., Awaitable[Principal]]:
+    """One dependency that identifies the caller, applies their rate limit and runs ``check``:
+    FastAPI solves every dependency of a route on every request, so a route needs one node
+    here (plus the two credential schemes, which also document it), not a chain of them."""
+
+    async def dependency(request: Request, credentials: Credentials, api_key: ApiKey) -> Principal:
+        auth: AuthContext = request.app.state.auth
+        principal = await get_principal(request, auth, credentials, api_key)
+        check(principal)
+        return principal
+
+    return dependency
+
+
+def require_scope(scope: str, *, anonymous: bool = True) -> Callable[..., Awaitable[Principal]]:
     """The caller must hold ``scope``; with ``anonymous=False`` they must also be signed in."""
 
-    async def dependency(principal: PrincipalDep) -> Principal:
+    def check(principal: Principal) -> None:
         if principal.is_anonymous and not anonymous:
-            raise UnauthorizedError("sign in (Bearer token) or send an API key (X-API-Key)")
+            raise UnauthorizedError(_SIGN_IN)
         if scope not in principal.scopes:
             if principal.is_anonymous:
                 raise UnauthorizedError(
                     f"sign in or send an API key: anonymous callers may not {scope}"
                 )
             raise ForbiddenError(f"this API key lacks the {scope!r} scope")
-        return principal
 
-    return dependency
+    return _caller(check)
 
 
-async def require_user(principal: PrincipalDep) -> Principal:
+def _signed_in(principal: Principal) -> None:
     if principal.is_anonymous:
-        raise UnauthorizedError("sign in (Bearer token) or send an API key (X-API-Key)")
-    return principal
+        raise UnauthorizedError(_SIGN_IN)
 
 
-async def require_admin(principal: Annotated[Principal, Depends(require_user)]) -> Principal:
+def _administrator(principal: Principal) -> None:
+    _signed_in(principal)
     if not principal.is_admin:
         raise ForbiddenError("administrators only")
     # An administrator's key acts for them only as far as its scopes go.
     if "manage" not in principal.scopes:
         raise ForbiddenError("this API key lacks the 'manage' scope")
-    return principal
 
 
+require_user = _caller(_signed_in)
+require_admin = _caller(_administrator)
 UserDep = Annotated[Principal, Depends(require_user)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 Reader = Annotated[Principal, Depends(require_scope("read"))]

@@ -1,8 +1,9 @@
-"""Headers every response gets: security hardening, and the caller's rate-limit state."""
+"""Headers every response gets: security hardening, and the caller's rate-limit state (added
+by the request middleware, ``http.middleware``)."""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 # JSON endpoints load nothing and may not be framed. The docs pages load Swagger UI / ReDoc
 # from the jsDelivr CDN (FastAPI's default), so they get a policy that allows exactly that.
@@ -29,31 +30,21 @@ def security_headers(docs: bool = False) -> list[tuple[bytes, bytes]]:
     return [*_SECURITY_HEADERS, (b"content-security-policy", policy)]
 
 
-class ResponseHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+API_HEADERS = tuple(security_headers())
+DOCS_HEADERS = tuple(security_headers(docs=True))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        docs = str(scope.get("path", "")).startswith(_DOCS_PATHS)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.extend(security_headers(docs))
-                # Set by the rate-limit dependency; present on every response it ran for.
-                decision = scope.get("state", {}).get("rate_limit")
-                if decision is not None:
-                    headers.extend(
-                        [
-                            (b"x-ratelimit-limit", str(decision.limit).encode()),
-                            (b"x-ratelimit-remaining", str(decision.remaining).encode()),
-                            (b"x-ratelimit-reset", str(decision.reset_seconds).encode()),
-                        ]
-                    )
-                message["headers"] = headers
-            await send(message)
+def hardening_for(path: str) -> tuple[tuple[bytes, bytes], ...]:
+    return DOCS_HEADERS if path.startswith(_DOCS_PATHS) else API_HEADERS
 
-        await self.app(scope, receive, send_with_headers)
+
+def rate_limit_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The caller's rate-limit state, when the rate-limit dependency ran for this request."""
+    decision = scope.get("state", {}).get("rate_limit")
+    if decision is None:
+        return []
+    return [
+        (b"x-ratelimit-limit", str(decision.limit).encode()),
+        (b"x-ratelimit-remaining", str(decision.remaining).encode()),
+        (b"x-ratelimit-reset", str(decision.reset_seconds).encode()),
+    ]

@@ -1,18 +1,21 @@
-"""Pure-ASGI middleware: client address, request id, body size limit, timing, access log."""
+"""The one pure-ASGI middleware every request passes: client address, request id, body size
+limit, timing, the headers every response carries (security hardening, the caller's rate-limit
+state), access log. One layer instead of several: each layer is another coroutine and another
+``send`` wrapper on every request."""
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Literal
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelport.http.headers import security_headers
+from modelport.http.headers import API_HEADERS, hardening_for, rate_limit_headers
 from modelport.http.proxies import TrustedProxies
 from modelport.monitoring.logs import request_id_var
 
@@ -29,6 +32,10 @@ class BodyTooLargeError(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is larger than {limit} bytes")
         self.limit = limit
+
+
+def _new_request_id() -> str:
+    return f"{random.getrandbits(128):032x}"
 
 
 def too_large_detail(limit: int) -> list[dict[str, object]]:
@@ -117,7 +124,9 @@ class RequestContextMiddleware:
             else self.max_json_bytes
         )
         given = headers.get(REQUEST_ID_HEADER, b"")
-        request_id = given.decode() if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        # 32 random hex digits (as a UUID4's hex): an identifier, not a secret, so from the
+        # process's seeded generator, without a system call on every request.
+        request_id = given.decode() if _SAFE_REQUEST_ID.match(given) else _new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["body_limit"] = body
@@ -129,7 +138,7 @@ class RequestContextMiddleware:
         if declared > ceiling:
             status = 413
             await self._send_json(send, 413, too_large_detail(ceiling), request_id, started)
-            self._log(scope, status, started, request_id)
+            self._log(scope, status, started)
             request_id_var.reset(token)
             return
 
@@ -139,6 +148,7 @@ class RequestContextMiddleware:
         response_started = False
         too_large = False
         replaced = False
+        hardening = hardening_for(scope["path"])
 
         async def limited_receive() -> Message:
             nonlocal received, too_large, body_done
@@ -158,23 +168,28 @@ class RequestContextMiddleware:
             nonlocal status, response_started, replaced
             if replaced:
                 return
-            is_start = message["type"] == "http.response.start"
-            if too_large and is_start and message["status"] != 413:
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            if too_large and message["status"] != 413:
                 # A body parser (FastAPI's form reading) turned our error into its own 400:
                 # the caller gets the 413 the limit means instead, and the app's answer is dropped.
                 status, response_started, replaced = 413, True, True
                 await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
                 return
-            if is_start:
-                status = message["status"]
-                response_started = True
-                extra = _context_headers(request_id, started)
-                given_headers = message.get("headers", [])
-                if not body_done and not any(k.lower() == b"connection" for k, _ in given_headers):
-                    # Answered without reading the body (e.g. 401 before an upload): close, so
-                    # the server does not go on receiving it to find the next request.
-                    extra.append((b"connection", b"close"))
-                message["headers"] = [*given_headers, *extra]
+            status = message["status"]
+            response_started = True
+            given_headers = message.get("headers", [])
+            extra = [
+                *_context_headers(request_id, started),
+                *hardening,
+                *rate_limit_headers(scope),  # set by the rate-limit dependency when it ran
+            ]
+            if not body_done and not any(k.lower() == b"connection" for k, _ in given_headers):
+                # Answered without reading the body (e.g. 401 before an upload): close, so
+                # the server does not go on receiving it to find the next request.
+                extra.append((b"connection", b"close"))
+            message["headers"] = [*given_headers, *extra]
             await send(message)
 
         try:
@@ -195,7 +210,7 @@ class RequestContextMiddleware:
                     send, 500, internal_error_detail(request_id), request_id, started
                 )
         finally:
-            self._log(scope, status, started, request_id)
+            self._log(scope, status, started)
             request_id_var.reset(token)
 
     @staticmethod
@@ -207,7 +222,7 @@ class RequestContextMiddleware:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *_context_headers(request_id, started),
-            *security_headers(),  # answered here, outside the middleware that adds them
+            *API_HEADERS,
         ]
         if status == 413:  # the unread body would otherwise be taken for the next request
             headers.append((b"connection", b"close"))
@@ -215,7 +230,9 @@ class RequestContextMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
+    def _log(scope: Scope, status: int, started: float) -> None:
+        if not logger.isEnabledFor(logging.INFO):  # no record built when access logs are off
+            return
         client = scope.get("client")
         logger.info(
             "request",

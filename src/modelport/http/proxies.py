@@ -8,6 +8,7 @@ the first address that is not one of them is the client.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -52,6 +53,7 @@ def parse_networks(values: Iterable[str]) -> list[IPNetwork]:
     return networks
 
 
+@functools.lru_cache(maxsize=4096)  # parsed once per address, not once per request
 def rate_key(address: str) -> str:
     """The part of an address a rate limit counts: IPv4 as is, IPv6 by its /64, since one
     subscriber usually holds a whole /64 and could otherwise take a fresh bucket per request."""

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from modelport.images.service import ImageService
 
 
-def get_image_service(request: Request) -> ImageService:
+async def get_image_service(request: Request) -> ImageService:
     images: ImageService = request.app.state.images
     return images
 

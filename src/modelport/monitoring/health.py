@@ -9,7 +9,7 @@ from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelport import __version__
@@ -17,6 +17,7 @@ from modelport.auth.dependencies import IsOperator, require_operator
 from modelport.db.dependencies import get_engine
 from modelport.db.engine import database_is_reachable
 from modelport.monitoring.dependencies import get_prediction_log
+from modelport.monitoring.metrics import exposition
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.monitoring.schemas import ComponentOut, HealthOut, RootStatusOut
 
@@ -118,7 +119,8 @@ async def ready(parts: PartsDep) -> JSONResponse:
     responses={401: {"description": "No credentials"}, 403: {"description": "Not an operator"}},
 )
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # Every worker's values, whichever worker answers (monitoring.metrics).
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _health(parts: HealthParts) -> HealthOut:

@@ -1,9 +1,22 @@
-"""Prometheus metrics: what is counted. GET /metrics (monitoring.health) exposes it to
-operators only, since series are labelled with model names."""
+"""Prometheus metrics: what is counted, and the exposition GET /metrics (monitoring.health)
+gives operators only, since series are labelled with model names.
+
+With several workers, ``modelport serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory
+per run) before any worker imports the client: each worker then writes its values to files
+there, and the exposition merges every worker's files, so a counter is the sum over workers
+whichever worker answers the scrape. Gauges say how they merge (``multiprocess_mode``; the
+prediction log's are ``livesum``: the sum over the workers alive now).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import contextlib
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+_MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 PREDICTIONS = Counter(
     "modelport_predictions_total",
@@ -33,3 +46,46 @@ BATCH_REFUSALS = Counter(
     "Requests answered without running: queue full (503) or deadline passed (504)",
     ["model", "reason"],
 )
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get(_MULTIPROCESS_DIR) or None
+
+
+def exposition() -> bytes:
+    """Every metric in the text format: this process's, or every worker's merged."""
+    directory = _multiprocess_dir()
+    if directory is None:
+        return generate_latest()
+    forget_dead_workers(directory)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that are gone (stopped, or killed and replaced): the
+    server does not tell the app when a worker dies, so a scrape checks. Counters of a dead
+    worker stay: what it counted did happen."""
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), directory)
+
+
+def worker_stopped() -> None:
+    """This worker is shutting down: its live gauges no longer count."""
+    directory = _multiprocess_dir()
+    if directory is not None:
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(os.getpid(), directory)

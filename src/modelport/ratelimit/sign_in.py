@@ -4,8 +4,9 @@ Three buckets count failures: the address-and-account pair (tight: a guesser at 
 stopped quickly without locking the owner out from elsewhere), the address across accounts
 (one address spraying many accounts), and the account from everywhere (looser and slower to
 refill: guessing spread over many addresses). An attempt reserves a token in each before the
-password is checked, so concurrent attempts can never all pass one check; a right password (or
-any outcome that is not a wrong password) gives the tokens back.
+password is checked, in one atomic step on all three (so concurrent attempts can never all pass
+one check, and a refused attempt costs no bucket anything); a right password (or any outcome
+that is not a wrong password) gives the tokens back.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ class Attempt:
 
     async def release(self) -> None:
         reserved, self._reserved = self._reserved, []
-        for key, limit in reserved:
-            await self._limiter.take(key, limit, cost=-1)
+        if reserved:
+            await self._limiter.take_all(reserved, cost=-1)
 
 
 class SignInThrottle:
@@ -49,15 +50,15 @@ class SignInThrottle:
         ]
 
     async def reserve(self, account: str, address: str) -> Attempt:
-        """Count this attempt as failed until it succeeds; 429 when a bucket is empty."""
-        reserved: list[tuple[str, Limit]] = []
-        for key, limit in self._buckets(account, address):
-            decision = await self._limiter.take(key, limit)
-            if not decision.allowed:
-                await Attempt(self._limiter, reserved).release()  # nothing was tried
-                raise TooManyRequestsError(
-                    f"too many failed sign-ins; try again in {decision.retry_after} s",
-                    decision.retry_after,
-                )
-            reserved.append((key, limit))
-        return Attempt(self._limiter, reserved)
+        """Count this attempt as failed until it succeeds; 429 when a bucket is empty. One
+        atomic step on every bucket (one script with Redis, never a lease): an attempt is
+        counted in all three or in none."""
+        buckets = self._buckets(account, address)
+        decisions = await self._limiter.take_all(buckets)
+        refusals = [decision for decision in decisions if not decision.allowed]
+        if refusals:
+            retry_after = max(decision.retry_after for decision in refusals)
+            raise TooManyRequestsError(
+                f"too many failed sign-ins; try again in {retry_after} s", retry_after
+            )
+        return Attempt(self._limiter, buckets)

@@ -1,4 +1,6 @@
-"""FastAPI providers for the serving parts the app factory puts on ``app.state``."""
+"""FastAPI providers for the serving parts the app factory puts on ``app.state``. Async though
+they only read it: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop on
+every request."""
 
 from __future__ import annotations
 
@@ -11,17 +13,17 @@ from modelport.serving.resolver import VersionResolver
 from modelport.serving.service import PredictionService
 
 
-def get_prediction_service(request: Request) -> PredictionService:
+async def get_prediction_service(request: Request) -> PredictionService:
     predictions: PredictionService = request.app.state.predictions
     return predictions
 
 
-def get_resolver(request: Request) -> VersionResolver:
+async def get_resolver(request: Request) -> VersionResolver:
     resolver: VersionResolver = request.app.state.resolver
     return resolver
 
 
-def get_model_cache(request: Request) -> ModelCache:
+async def get_model_cache(request: Request) -> ModelCache:
     models: ModelCache = request.app.state.models
     return models
 

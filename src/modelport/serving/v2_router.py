@@ -181,7 +181,7 @@ def _infer_body(example: Signature) -> dict[str, Any]:
     }
 
 
-def get_directory(
+async def get_directory(
     session_factory: SessionFactoryDep, resolver: ResolverDep, models: ModelCacheDep
 ) -> ModelDirectory:
     return ModelDirectory(session_factory, resolver, models)
@@ -199,7 +199,7 @@ class Inference:
     max_batch_rows: int
 
 
-def get_inference(
+async def get_inference(
     predictions: PredictionServiceDep, models: ModelCacheDep, settings: SettingsDep
 ) -> Inference:
     return Inference(predictions, models, settings.max_batch_rows)
