@@ -56,6 +56,7 @@ async def list_models(
     response_model=ModelOut,
     status_code=status.HTTP_201_CREATED,
     summary="Create a model (then upload versions to it)",
+    responses={409: {"description": "A model of that name exists"}},
 )
 async def create_model(body: ModelCreateIn, manager: ManagerDep, owner: Manager) -> ModelOut:
     model = await manager.create_model(
