@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 PredictionStatus = Literal["success", "invalid_input", "error"]
 
@@ -71,9 +71,22 @@ class RootStatusOut(BaseModel):
 
 class ComponentOut(BaseModel):
     status: Literal["up", "down"]
-    detail: dict[str, Any] = {}
+    required: bool = Field(
+        default=True,
+        description="Whether this process cannot serve its loaded models while it is down",
+    )
+    impact: str | None = Field(
+        default=None, description="While it is down: what does not work, and what still does"
+    )
+    detail: dict[str, Any] = Field(default={}, description="For operators only")
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded"] = Field(
+        description="ok: every component is up; degraded: at least one is down"
+    )
+    ready: bool = Field(
+        description="This process can serve its loaded models (what /health/ready answers 200 "
+        "or 503 on): every required component is up"
+    )
     components: dict[str, ComponentOut]
