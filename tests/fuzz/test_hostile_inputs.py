@@ -194,3 +194,23 @@ def test_sample_data_has_one_coefficient_per_feature(client: TestClient, feature
     assert len(sample["coefficients"]) == features
     assert sample["feature_names"] == [f"x{i}" for i in range(features)]
     assert all(len(row) == features for row in sample["X"])
+
+
+# --- methods a path does not serve -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/api/v1/models", "GET, POST"),
+        ("PUT", "/api/v1/models/wine-quality", "DELETE, GET, PATCH"),
+        ("DELETE", "/api/v1/api-keys", "GET, POST"),
+    ],
+)
+def test_a_405_names_every_method_the_path_serves(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    response = client.request(method, path)
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
