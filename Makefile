@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup builtins run test lint bench bench-tools profile clean builtin-artifacts image image-test server-lock
+.PHONY: setup builtins run test lint bench bench-tools profile fuzz clean builtin-artifacts image image-test server-lock
 
 # Dependencies, then the built-in models (trained / converted once, when not registered yet).
 setup: $(STAMP) builtins
@@ -46,6 +46,16 @@ bench-tools:
 # Only the flame graph of a production worker at c=64, into benchmarks/profiles/.
 profile: setup bench-tools
 	$(BIN)/python benchmarks/bench.py --profile-only $(BENCH_ARGS)
+
+# Longer than the fuzzing `make test` runs: FUZZ_EXAMPLES requests per operation and caller,
+# every phase for every caller, and a new seed each run, printed so that a failure can be
+# replayed with MODELPORT_FUZZ_SEED=<seed> make fuzz.
+FUZZ_EXAMPLES ?= 100
+fuzz: setup
+	@seed=$${MODELPORT_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "MODELPORT_FUZZ_SEED=$$seed"; \
+	MODELPORT_FUZZ_SEED=$$seed MODELPORT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MODELPORT_FUZZ_ALL_PHASES=1 \
+		$(BIN)/pytest tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
 
 # The container image (docs/deployment.md). The image holds no PyTorch: the ImageNet classifier
 # is converted to ONNX here first and copied in from deploy/builtins/.

@@ -15,6 +15,7 @@ from modelport.builtin.wine_api import router as wine_router
 from modelport.datasets.router import router as datasets_router
 from modelport.http.errors import install_error_handlers
 from modelport.http.middleware import RequestContextMiddleware
+from modelport.http.openapi import document_common_responses
 from modelport.http.proxies import TrustedProxies, parse_networks
 from modelport.images.router import router as images_router
 from modelport.jobs.router import router as jobs_router
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
         training_router,
     ):
         app.include_router(router)
+    document_common_responses(app, settings)
     return app
 
 

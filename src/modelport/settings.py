@@ -306,6 +306,13 @@ class Settings(BaseSettings):
         default="x-forwarded-for", description="The header the trusted proxies append to."
     )
 
+    health_check_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long /health and /health/ready reuse a check of the artifact store or "
+        "Redis, so that probes from every replica do not each reach them.",
+    )
     model_cache_max_models: int = Field(default=32, ge=1, description="Models kept loaded.")
     model_load_retry_seconds: float = Field(
         default=10.0,

@@ -383,6 +383,7 @@ def test_probes_answer_anyone_without_details(client: TestClient, private_model:
         "database": "up",
         "models": "up",
         "prediction_log": "up",
+        "artifact_store": "up",
     }
 
 

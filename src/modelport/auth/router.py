@@ -63,7 +63,10 @@ def _token_pair(accounts: Accounts, access: str, refresh: str) -> TokenPairOut:
     response_model=UserOut,
     status_code=status.HTTP_201_CREATED,
     dependencies=[AnonymousLimited],
-    responses={409: {"description": "Email already registered"}},
+    responses={
+        409: {"description": "Email already registered"},
+        429: {"description": "Too many requests from this address"},
+    },
 )
 async def register(body: Credentials, accounts: AccountsDep) -> UserOut:
     return UserOut.model_validate(await accounts.register(body.email, body.password))
@@ -118,7 +121,15 @@ async def login(
     return _token_pair(accounts, access, refresh)
 
 
-@router.post("/api/v1/auth/refresh", response_model=TokenPairOut, dependencies=[AnonymousLimited])
+@router.post(
+    "/api/v1/auth/refresh",
+    response_model=TokenPairOut,
+    dependencies=[AnonymousLimited],
+    responses={
+        401: {"description": "The refresh token is invalid, expired or already used"},
+        429: {"description": "Too many requests from this address"},
+    },
+)
 async def refresh(body: RefreshIn, response: Response, accounts: AccountsDep) -> TokenPairOut:
     access, new_refresh = await accounts.refresh(body.refresh_token)
     response.headers.update(NO_STORE)
@@ -129,6 +140,10 @@ async def refresh(body: RefreshIn, response: Response, accounts: AccountsDep) ->
     "/api/v1/auth/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[AnonymousLimited],
+    responses={
+        401: {"description": "The refresh token is invalid or expired"},
+        429: {"description": "Too many requests from this address"},
+    },
 )
 async def logout(body: RefreshIn, accounts: AccountsDep) -> Response:
     await accounts.sign_out(body.refresh_token)

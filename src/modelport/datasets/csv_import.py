@@ -7,6 +7,7 @@ import hashlib
 import io
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,24 @@ def parse_csv(data: bytes, max_rows: int) -> ParsedCsv:
     first_line = text.split("\n", 1)[0]
     delimiter = ";" if first_line.count(";") > first_line.count(",") else ","
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        return _parse_records(reader, data, max_rows)
+    except csv.Error as exc:
+        # The csv module's limits and syntax errors (a field over its size limit, a quote
+        # left open at the end of the file), with the line where reading stopped.
+        raise BadRequestError(
+            f"the CSV cannot be read at line {reader.line_num}: {_csv_problem(exc)}"
+        ) from None
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if text.startswith("field larger than field limit"):
+        return f"a value is longer than {csv.field_size_limit()} characters"
+    return text
+
+
+def _parse_records(reader: Iterator[list[str]], data: bytes, max_rows: int) -> ParsedCsv:
     header = next(reader, None)
     if not header or not any(h.strip() for h in header):
         raise BadRequestError("the CSV is empty: the first line must name the columns")

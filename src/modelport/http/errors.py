@@ -19,6 +19,7 @@ from modelport.http.middleware import (
     internal_error_detail,
     too_large_detail,
 )
+from modelport.http.openapi import allowed_methods
 from modelport.monitoring.logs import request_id_var
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,12 @@ def install_error_handlers(app: FastAPI) -> None:
         # Unknown paths (404), wrong methods (405): Starlette's own errors, in our shape.
         if exc.status_code in (204, 304):  # no body allowed
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return error_response(request, exc.detail, exc.status_code, exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            allowed = allowed_methods(request.app, request.url.path)
+            if allowed:
+                headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return error_response(request, exc.detail, exc.status_code, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

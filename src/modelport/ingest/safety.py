@@ -442,6 +442,13 @@ def xgboost_document(data: bytes) -> tuple[str, dict[str, Any]] | None:
     if data.lstrip()[1:2] in (b'"', b"\n", b"\r", b" ", b"\t", b"}"):
         try:
             parsed = json.loads(data)
+        except RecursionError:
+            # json gives up past the interpreter's recursion limit (about a thousand levels);
+            # an XGBoost model nests a few levels, so this is no model at all.
+            raise BadRequestError(
+                "the JSON file is nested too deeply to be a model (XGBoost JSON models nest "
+                "a few levels)"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             if b'"learner"' in head:
                 raise BadRequestError(

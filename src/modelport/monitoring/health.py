@@ -1,15 +1,21 @@
 """Liveness and readiness for probes (no details); component details and Prometheus metrics
-for operators (the metrics token, or an administrator)."""
+for operators (the metrics token, or an administrator).
+
+Readiness means "can serve the models it has loaded": the database, a loaded model and (when
+rate limits fail closed) Redis are required; the artifact store and the prediction log are
+reported but not required, since loaded models keep serving and log rows are spooled while
+they are away."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from modelport import __version__
@@ -19,7 +25,9 @@ from modelport.db.engine import database_is_reachable
 from modelport.monitoring.dependencies import get_prediction_log
 from modelport.monitoring.metrics import exposition
 from modelport.monitoring.prediction_log import PredictionLogWriter
+from modelport.monitoring.probes import Probe, ProbeResult, redis_probe, store_probe
 from modelport.monitoring.schemas import ComponentOut, HealthOut, RootStatusOut
+from modelport.settings import Settings
 
 router = APIRouter(tags=["health"])
 LOG_WRITE_FAILED = "the last write to the database failed; the server log has the cause"
@@ -44,18 +52,47 @@ class LoadedModels(Protocol):
 
 
 @dataclass(frozen=True)
+class HealthProbes:
+    """The checks kept between requests: the artifact store always, Redis when configured."""
+
+    store: Probe
+    redis: Probe | None
+    redis_fails_open: bool
+
+    @classmethod
+    def of(cls, settings: Settings, redis: Redis | None) -> HealthProbes:
+        return cls(
+            store_probe(settings),
+            redis_probe(redis, settings.health_check_seconds) if redis is not None else None,
+            settings.rate_limit_fail_open,
+        )
+
+
+@dataclass(frozen=True)
 class HealthParts:
     engine: AsyncEngine
     models: LoadedModels
     prediction_log: PredictionLogWriter
+    probes: HealthProbes
+
+
+def get_health_probes(request: Request) -> HealthProbes:
+    """Made on first use and kept on ``app.state``: a probe remembers its last answer."""
+    state = request.app.state
+    probes: HealthProbes | None = getattr(state, "health_probes", None)
+    if probes is None:
+        probes = HealthProbes.of(state.settings, getattr(state, "redis", None))
+        state.health_probes = probes
+    return probes
 
 
 def get_health_parts(
     request: Request,
     engine: Annotated[AsyncEngine, Depends(get_engine)],
     prediction_log: Annotated[PredictionLogWriter, Depends(get_prediction_log)],
+    probes: Annotated[HealthProbes, Depends(get_health_probes)],
 ) -> HealthParts:
-    return HealthParts(engine, request.app.state.models, prediction_log)
+    return HealthParts(engine, request.app.state.models, prediction_log, probes)
 
 
 PartsDep = Annotated[HealthParts, Depends(get_health_parts)]
@@ -98,14 +135,17 @@ async def live() -> dict[str, str]:
 @router.get(
     "/health/ready",
     response_model=HealthOut,
-    summary="Readiness: 503 while the database is unreachable or no model is loaded",
+    summary="Readiness: 503 only while this process cannot serve its loaded models",
+    description="Not ready while the database is unreachable, no model is loaded, or Redis is "
+    "down with MODELPORT_RATE_LIMIT_FAIL_OPEN=false. Every component is listed with its state: "
+    "one that is down but not required (the artifact store, the prediction log) leaves the "
+    "process ready, and its `impact` says what fails meanwhile.",
     responses={503: {"model": HealthOut, "description": "Not ready"}},
 )
 async def ready(parts: PartsDep) -> JSONResponse:
     # Probes need the verdict, not the details (model names are not everyone's to read).
     report = _without_details(await _health(parts))
-    status_code = 200 if report.status == "ok" else 503
-    return JSONResponse(report.model_dump(mode="json"), status_code=status_code)
+    return JSONResponse(report.model_dump(mode="json"), status_code=200 if report.ready else 503)
 
 
 @router.get(
@@ -128,16 +168,25 @@ async def _health(parts: HealthParts) -> HealthOut:
     loaded = parts.models.loaded()
     log = parts.prediction_log
     components = {
-        "database": ComponentOut(status="up" if database else "down"),
-        "models": ComponentOut(
-            status="up" if loaded else "down",
+        "database": _component(
+            database,
+            required=True,
+            impact="requests that read the registry or accounts answer 503; predictions for "
+            "models in memory are still answered and logged (spooled until it is back)",
+        ),
+        "models": _component(
+            bool(loaded),
+            required=True,
+            impact="no model is in memory: nothing can be served until one loads",
             detail={
                 "loaded": [f"{m.ref.model_name}:{m.ref.version}" for m in loaded],
                 "cache": parts.models.stats(),
             },
         ),
-        "prediction_log": ComponentOut(
-            status="up" if log.last_error is None else "down",
+        "prediction_log": _component(
+            log.last_error is None,
+            required=False,
+            impact="log rows wait in memory and in the spool file until the database takes them",
             detail={
                 "buffered": log.buffered,
                 "spooled": log.spooled,
@@ -147,10 +196,46 @@ async def _health(parts: HealthParts) -> HealthOut:
             },
         ),
     }
-    healthy = database and bool(loaded)
-    return HealthOut(status="ok" if healthy else "degraded", components=components)
+    store = await parts.probes.store.state()
+    components["artifact_store"] = _probed(
+        store,
+        required=False,
+        impact="uploads, and loading a model that is not in memory yet, answer 503 until it "
+        "answers; models in memory keep serving",
+    )
+    if parts.probes.redis is not None:
+        fails_open = parts.probes.redis_fails_open
+        components["redis"] = _probed(
+            await parts.probes.redis.state(),
+            required=not fails_open,
+            impact="rate limits are not enforced until it answers (MODELPORT_RATE_LIMIT_FAIL_OPEN)"
+            if fails_open
+            else "requests are refused with 503 until it answers (MODELPORT_RATE_LIMIT_FAIL_OPEN"
+            "=false)",
+        )
+    every_up = all(c.status == "up" for c in components.values())
+    ready = all(c.status == "up" for c in components.values() if c.required)
+    return HealthOut(status="ok" if every_up else "degraded", ready=ready, components=components)
+
+
+def _component(
+    up: bool, *, required: bool, impact: str, detail: dict[str, Any] | None = None
+) -> ComponentOut:
+    return ComponentOut(
+        status="up" if up else "down",
+        required=required,
+        impact=None if up else impact,
+        detail=detail or {},
+    )
+
+
+def _probed(result: ProbeResult, *, required: bool, impact: str) -> ComponentOut:
+    detail = {"checked_seconds_ago": round(result.age(), 1), "problem": result.problem}
+    return _component(result.up, required=required, impact=impact, detail=detail)
 
 
 def _without_details(report: HealthOut) -> HealthOut:
-    components = {name: ComponentOut(status=c.status) for name, c in report.components.items()}
-    return HealthOut(status=report.status, components=components)
+    components = {
+        name: c.model_copy(update={"detail": {}}) for name, c in report.components.items()
+    }
+    return report.model_copy(update={"components": components})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -12,7 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from modelport.auth.dependencies import SignedInReader
 from modelport.db.dependencies import get_session
 from modelport.monitoring import service
-from modelport.monitoring.schemas import PredictionPageOut, PredictionRecordOut, PredictionStatus
+from modelport.monitoring.schemas import (
+    PredictionPageOut,
+    PredictionRecordOut,
+    PredictionStatus,
+    UtcTime,
+)
 
 router = APIRouter(prefix="/api/v1/predictions", tags=["prediction log"])
 Session = Annotated[AsyncSession, Depends(get_session)]
@@ -24,8 +28,8 @@ async def list_predictions(
     viewer: SignedInReader,
     model: Annotated[str | None, Query(max_length=128, description="Model name")] = None,
     status: Annotated[PredictionStatus | None, Query()] = None,
-    since: Annotated[datetime | None, Query(description="ISO-8601, inclusive")] = None,
-    until: Annotated[datetime | None, Query(description="ISO-8601, exclusive")] = None,
+    since: Annotated[UtcTime | None, Query(description="ISO-8601, inclusive")] = None,
+    until: Annotated[UtcTime | None, Query(description="ISO-8601, exclusive")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> PredictionPageOut:

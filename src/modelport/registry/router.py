@@ -29,7 +29,15 @@ from modelport.registry.schemas import (
 router = APIRouter(prefix="/api/v1/models", tags=["registry"])
 ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wine-quality")]
 VersionNumber = Annotated[int, Path(ge=1)]
-AliasName = Annotated[str, Path(max_length=64, description="e.g. production, staging")]
+AliasName = Annotated[
+    str,
+    Path(
+        max_length=64,
+        description="e.g. production, staging",
+        # Documented only: management.check_name enforces it with a message naming the rule.
+        json_schema_extra={"pattern": "^[a-z][a-z0-9_-]{0,63}$"},
+    ),
+]
 
 
 @router.get("", response_model=ModelListOut, summary="List models you can see")
@@ -56,6 +64,7 @@ async def list_models(
     response_model=ModelOut,
     status_code=status.HTTP_201_CREATED,
     summary="Create a model (then upload versions to it)",
+    responses={409: {"description": "A model of that name exists"}},
 )
 async def create_model(body: ModelCreateIn, manager: ManagerDep, owner: Manager) -> ModelOut:
     model = await manager.create_model(

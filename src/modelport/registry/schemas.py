@@ -98,7 +98,16 @@ class ModelListOut(BaseModel):
 class ModelCreateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=64, examples=["churn-classifier"])]
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=64,
+            examples=["churn-classifier"],
+            # Documented only: management.check_name enforces it with a message naming the rule.
+            json_schema_extra={"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+        ),
+    ]
     description: Annotated[str, Field(max_length=2000)] = ""
     task: Task
     public: bool = False

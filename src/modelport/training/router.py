@@ -97,6 +97,7 @@ async def _read_request(request: Request, max_rows: int) -> tuple[TrainIn, Any]:
     "holdout metrics when done. The model is created (private) if it does not exist.",
     dependencies=[priced("training")],
     openapi_extra=_TRAIN_BODY,
+    responses={400: {"description": "The uploaded CSV cannot be read"}},
 )
 async def train(
     name: Annotated[str, Path(max_length=64)],
@@ -132,7 +133,8 @@ async def sample_data(
         X=rounded_x,
         y=rounded_y,
         feature_names=[f"x{i}" for i in range(features)],
-        coefficients=np.round(coefficients, 6).tolist(),
+        # One feature makes scikit-learn return its coefficient as a scalar, not a list of one.
+        coefficients=np.round(np.atleast_1d(coefficients), 6).tolist(),
         example_request={
             "algorithm": "linear_regression",
             "X": rounded_x[:50],
