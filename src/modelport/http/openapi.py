@@ -113,7 +113,9 @@ def _describe_operation(
     operation: dict[str, Any], path: str, calls: set[Callable[..., Any]], settings: Settings
 ) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
-    identifies_caller = bool(calls & {get_principal, optional_operator, require_operator})
+    identifies_caller = bool(calls & {get_principal, optional_operator, require_operator}) or any(
+        _is_caller_dependency(call) for call in calls
+    )
     if identifies_caller:
         required = _sign_in_required(calls, settings)
         responses.setdefault(
@@ -166,11 +168,19 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
         pending.extend(current.dependencies)
 
 
+def _is_caller_dependency(call: Callable[..., Any]) -> bool:
+    """A dependency made by ``auth.dependencies._caller``: it identifies the caller itself."""
+    return getattr(call, "__qualname__", "") == "_caller.<locals>.dependency"
+
+
 def _scope_rule(call: Callable[..., Any]) -> tuple[str, bool] | None:
     """``(scope, anonymous)`` of a dependency made by ``auth.dependencies.require_scope``."""
-    if getattr(call, "__qualname__", "") != "require_scope.<locals>.dependency":
+    if not _is_caller_dependency(call):
         return None
-    captured = inspect.getclosurevars(call).nonlocals
+    check = inspect.getclosurevars(call).nonlocals.get("check")
+    if check is None or getattr(check, "__qualname__", "") != "require_scope.<locals>.check":
+        return None
+    captured = inspect.getclosurevars(check).nonlocals
     return str(captured["scope"]), bool(captured["anonymous"])
 
 
