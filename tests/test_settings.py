@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from modelport.auth.jwt_secret import load_or_create_secret
 from modelport.cli import app
 from modelport.settings import Settings, SettingsError, load_settings
+from modelport.workers import usable_cores
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,9 @@ def test_embedded_defaults_keep_everything_in_the_users_state_directory(tmp_path
     assert settings.database_url.get_secret_value() == f"sqlite+aiosqlite:///{var / 'modelport.db'}"
     assert settings.artifact_store == (var / "artifacts").as_uri()
     assert settings.artifact_store.startswith("file:///")
-    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    # One worker per usable core by default.
+    workers = min(usable_cores(), 64)
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, workers)
 
 
 def test_the_servers_secret_and_database_are_not_in_the_directory_it_runs_from(
