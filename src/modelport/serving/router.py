@@ -20,7 +20,7 @@ from modelport.runtimes.signature import Signature
 from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.dependencies import PredictionServiceDep
 from modelport.serving.schemas import PredictionsOut
-from modelport.serving.service import PredictionResult, Target
+from modelport.serving.service import PredictionResult, PredictionService, Target
 
 ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wine-quality")]
 AliasQuery = Annotated[
@@ -111,6 +111,26 @@ def _predictions_out(result: PredictionResult) -> PredictionsOut:
     )
 
 
+async def _answer(
+    request: Request,
+    predictions: PredictionService,
+    images: ImageService,
+    caller: Principal,
+    target: Target,
+) -> PredictionsOut:
+    """Both predict routes: an image model takes a multipart upload, any other a JSON body."""
+    if is_multipart(request):
+        return await _classify_upload(request, images, caller, target)
+    result = await predictions.predict(
+        target,
+        await request.body(),
+        request_id(request),
+        caller,
+        timeout_header=request.headers.get(TIMEOUT_HEADER),
+    )
+    return _predictions_out(result)
+
+
 def create_router(example: Signature) -> APIRouter:
     """The generic prediction routes, documented with a row of ``example``."""
     router = APIRouter(tags=["predict"])
@@ -132,16 +152,7 @@ def create_router(example: Signature) -> APIRouter:
         alias: AliasQuery = None,
     ) -> PredictionsOut:
         target = Target(name, alias=alias)
-        if is_multipart(request):
-            return await _classify_upload(request, images, caller, target)
-        result = await predictions.predict(
-            target,
-            await request.body(),
-            request_id(request),
-            caller,
-            timeout_header=request.headers.get(TIMEOUT_HEADER),
-        )
-        return _predictions_out(result)
+        return await _answer(request, predictions, images, caller, target)
 
     @router.post(
         "/api/v1/models/{name}/versions/{version}/predict",
@@ -159,15 +170,6 @@ def create_router(example: Signature) -> APIRouter:
         caller: Predictor,
     ) -> PredictionsOut:
         target = Target(name, version=version)
-        if is_multipart(request):
-            return await _classify_upload(request, images, caller, target)
-        result = await predictions.predict(
-            target,
-            await request.body(),
-            request_id(request),
-            caller,
-            timeout_header=request.headers.get(TIMEOUT_HEADER),
-        )
-        return _predictions_out(result)
+        return await _answer(request, predictions, images, caller, target)
 
     return router
