@@ -13,6 +13,7 @@ from typing import Literal
 
 import orjson
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.http.headers import API_HEADERS, hardening_for, rate_limit_headers
@@ -199,6 +200,10 @@ class RequestContextMiddleware:
                 raise
             status = 413
             await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
+        except ClientDisconnect:
+            # The caller went away before sending its whole body: nobody to answer, no bug to
+            # log (499 in the access log, as nginx names it).
+            status = 499
         except Exception:
             # A bug: logged here once, with its traceback and the request id, and answered
             # with a body that quotes the id and nothing else. Not re-raised: Starlette's error
