@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Double, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from modelport.db.base import Base, new_id, utcnow
@@ -27,6 +27,9 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Soft delete: hidden and never served, restorable by an admin.
     deleted_at: Mapped[datetime | None]
+    # Per-model inference limits; None means the server-wide settings apply.
+    inference_timeout_seconds: Mapped[float | None] = mapped_column(Double)
+    max_concurrency: Mapped[int | None]
 
     versions: Mapped[list[ModelVersion]] = relationship(
         back_populates="model", order_by="ModelVersion.version", lazy="raise"
@@ -54,6 +57,10 @@ class ModelVersion(Base):
     created_by: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     deleted_at: Mapped[datetime | None]
+    # Measured at upload: memory the loaded model and a trial inference need (the model cache is
+    # bounded by it); budget_error says why a version failed its budget and is never preloaded.
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    budget_error: Mapped[str | None] = mapped_column(Text)
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
 
