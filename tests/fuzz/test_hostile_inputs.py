@@ -214,3 +214,50 @@ def test_a_405_names_every_method_the_path_serves(
 
     assert response.status_code == 405
     assert response.headers["allow"] == allowed
+
+
+# --- NUL characters in free text ---------------------------------------------------------------
+
+
+def _nul_requests(name: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """Free text that reaches a text or JSON column, each with a NUL character inside."""
+    return {
+        "new model description": (
+            "POST",
+            "/api/v1/models",
+            {"name": name, "task": "regression", "description": "red\x00wine"},
+        ),
+        "model description": ("PATCH", f"/api/v1/models/{name}", {"description": "dry\x00"}),
+        "version description": (
+            "PATCH",
+            "/api/v1/models/wine-quality/versions/1",
+            {"description": "\x00"},
+        ),
+    }
+
+
+@pytest.mark.parametrize("field", list(_nul_requests("x")))
+def test_a_nul_character_in_free_text_is_422_on_postgresql(
+    client: TestClient, user: dict[str, str], admin: dict[str, str], field: str
+) -> None:
+    name = f"nul-{uuid.uuid4().hex[:6]}"
+    if field == "model description":
+        created = client.post(
+            "/api/v1/models", json={"name": name, "task": "regression"}, headers=user
+        )
+        assert created.status_code == 201, created.text
+    method, path, body = _nul_requests(name)[field]
+    caller = admin if "versions" in path else user
+
+    response = client.request(method, path, json=body, headers=caller)
+
+    if services_of(client).settings.database_url.get_secret_value().startswith("postgresql"):
+        # PostgreSQL text and JSON cannot hold NUL: the caller is told so, not given a 500.
+        assert response.status_code == 422, response.text
+        assert problem(response) == (
+            "text cannot hold the NUL character (\\u0000); "
+            "remove it from the request and send it again"
+        )
+    else:
+        assert response.status_code in (200, 201), response.text  # SQLite stores it as sent
+    assert client.post("/predict", json=WINE_ROW).status_code == 200

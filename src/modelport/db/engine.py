@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy import event, text
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -15,6 +15,15 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from modelport.errors import InvalidInputError
+
+# SQLSTATEs PostgreSQL answers for a NUL character (U+0000) in a text value (22021) or in a
+# JSON string (22P05): it can hold neither, whatever column or route the text came through.
+_NUL_SQLSTATES = frozenset({"22021", "22P05"})
+NUL_IN_TEXT = (
+    "text cannot hold the NUL character (\\u0000); remove it from the request and send it again"
+)
 
 
 def plain_url(url: str | SecretStr) -> str:
@@ -34,9 +43,20 @@ def create_engine(url: str | SecretStr) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 30}
-    return create_async_engine(
+    engine = create_async_engine(
         url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args
     )
+    event.listen(engine.sync_engine, "handle_error", _nul_is_bad_input)
+    return engine
+
+
+def _nul_is_bad_input(context: ExceptionContext) -> Exception | None:
+    """A NUL character that reached PostgreSQL came from the caller (SQLite stores it): the
+    caller's mistake, answered 422 on every route and in every job, instead of a 500 per field
+    someone forgot to check."""
+    if getattr(context.original_exception, "sqlstate", None) in _NUL_SQLSTATES:
+        return InvalidInputError(NUL_IN_TEXT)
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
