@@ -3,14 +3,24 @@ says clearly when the body does not fit the model."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from modelport.builtin.wine import TrainedWine
+from modelport.errors import ModelRunError
 from modelport.settings import Settings
-from tests.helpers import WINE_ROW, admin_headers, flush_log, register_trained
+from tests.helpers import (
+    OPERATOR,
+    WINE_ROW,
+    admin_headers,
+    flush_log,
+    register_trained,
+    services_of,
+)
 from tests.images.support import CAT_CLASSES, CLASSIFY, SQLITE_ONLY, cat, picture, serve
 
 WINE_PREDICT = "/api/v1/models/wine-quality/predict"
@@ -120,3 +130,76 @@ def test_the_docs_show_both_image_endpoints_take_a_file(image_client: TestClient
         body = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
         assert body["properties"]["file"]["format"] == "binary", path
         assert body["required"] == ["file"], path
+
+
+# --- failures are logged and counted like tabular predictions -------------------------------
+
+
+def counted(client: TestClient, status: str) -> float:
+    """modelport_predictions_total for the classifier and ``status``, as Prometheus reads it."""
+    text = client.get("/metrics", headers=OPERATOR).text
+    pattern = (
+        rf'^modelport_predictions_total\{{model="imagenet-classifier",status="{status}"\}} (\S+)$'
+    )
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def logged(client: TestClient, request_id: str) -> dict[str, Any]:
+    flush_log(client)
+    page = client.get(
+        "/api/v1/predictions",
+        params={"model": "imagenet-classifier"},
+        headers=admin_headers(client),
+    )
+    assert page.status_code == 200, page.text
+    (entry,) = [item for item in page.json()["items"] if item["request_id"] == request_id]
+    return dict(entry)
+
+
+def test_a_classification_is_counted_in_the_prediction_metrics(image_client: TestClient) -> None:
+    before = counted(image_client, "success")
+
+    response = image_client.post(CLASSIFY, files={"file": ("cat.jpg", cat(), "image/jpeg")})
+
+    assert response.status_code == 200, response.text
+    assert counted(image_client, "success") == before + 1
+
+
+def test_an_undecodable_image_is_logged_and_counted_as_invalid_input(
+    image_client: TestClient,
+) -> None:
+    before = counted(image_client, "invalid_input")
+
+    response = image_client.post(
+        CLASSIFY, files={"file": ("cat.jpg", b"this is no picture", "image/jpeg")}
+    )
+
+    assert response.status_code == 400, response.text
+    entry = logged(image_client, response.headers["x-request-id"])
+    assert entry["status"] == "invalid_input"
+    assert entry["error"] == response.json()["detail"]
+    assert entry["model_version"] == "1"
+    assert entry["inputs"] == {"image": {"bytes": len(b"this is no picture")}}
+    assert counted(image_client, "invalid_input") == before + 1
+
+
+def test_a_model_failure_is_logged_and_counted_as_an_error(image_client: TestClient) -> None:
+    (loaded,) = services_of(image_client).models.loaded()
+
+    def broken(_tensor: Any) -> Any:
+        raise ModelRunError("onnxruntime: a node failed")
+
+    loaded.runtime.predict = broken  # type: ignore[method-assign]
+    before = counted(image_client, "error")
+
+    response = image_client.post(CLASSIFY, files={"file": ("cat.jpg", cat(), "image/jpeg")})
+
+    assert response.status_code == 503, response.text
+    assert "onnxruntime" not in response.text  # the library's words stay in the server log
+    entry = logged(image_client, response.headers["x-request-id"])
+    assert entry["status"] == "error"
+    assert entry["error"] == response.json()["detail"]
+    assert entry["inputs"]["image"]["format"] == "JPEG"
+    assert entry["outputs"] is None
+    assert counted(image_client, "error") == before + 1

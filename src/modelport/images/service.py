@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from modelport.errors import (
     ArtifactIntegrityError,
     BadRequestError,
     ForbiddenError,
+    ModelportError,
     NotFoundError,
     UnsupportedMediaTypeError,
 )
@@ -28,6 +30,7 @@ from modelport.images.tables import ImagePrediction
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
+from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
 from modelport.serving.model_cache import ModelCache
@@ -36,6 +39,10 @@ from modelport.storage.protocol import ArtifactStore
 
 CLASSIFY_JOB = "classify-image"
 DEFAULT_IMAGE_MODEL = "imagenet-classifier"
+# Refusals that are the caller's doing (not an image, too large, unreadable), logged as
+# "invalid_input" like a tabular prediction's bad rows; anything else is an "error".
+_CALLERS_INPUT = frozenset({400, 413, 422})
+INTERNAL_ERROR = "internal error; the server log has the details under this request id"
 
 
 def _display_name(filename: str | None) -> str:
@@ -153,35 +160,77 @@ class ImageService:
         version: int | None = None,
         alias: str | None = None,
     ) -> Classification:
-        ref = await self.resolver.resolve_for(caller, name, version, alias)
-        if not ref.signature.takes_image:
-            raise UnsupportedMediaTypeError(f"model {name!r} takes JSON rows, not an image upload")
-        if not data:
-            raise BadRequestError("the uploaded file is empty")
-        info = await anyio.to_thread.run_sync(inspect_image, data, self.max_pixels)
-        result = await classify(await self.models.get(ref), data, self.max_pixels)
+        """Classify at once. Every call is logged and counted like a tabular prediction,
+        failures too (an image that cannot be decoded, a model that fails), so the log and the
+        metrics show what callers were answered, not only what went well."""
+        started = time.perf_counter()
+        ref: VersionRef | None = None
+        inputs: dict[str, Any] = {"image": {"bytes": len(data)}}
+        try:
+            ref = await self.resolver.resolve_for(caller, name, version, alias)
+            if not ref.signature.takes_image:
+                raise UnsupportedMediaTypeError(
+                    f"model {name!r} takes JSON rows, not an image upload"
+                )
+            if not data:
+                raise BadRequestError("the uploaded file is empty")
+            info = await anyio.to_thread.run_sync(inspect_image, data, self.max_pixels)
+            inputs["image"] = {
+                "format": info.format,
+                "width": info.width,
+                "height": info.height,
+                "bytes": len(data),
+            }
+            result = await classify(await self.models.get(ref), data, self.max_pixels)
+        except ModelportError as exc:
+            status = "invalid_input" if exc.status_code in _CALLERS_INPUT else "error"
+            self._record_now(
+                caller, request_id, name, ref, inputs, None, started, status, exc.message
+            )
+            raise
+        except Exception:
+            # A bug: the request middleware logs the traceback once and answers 500.
+            self._record_now(
+                caller, request_id, name, ref, inputs, None, started, "error", INTERNAL_ERROR
+            )
+            raise
+        self._record_now(
+            caller, request_id, name, ref, inputs, result.top5, started, "success", None
+        )
+        return result
+
+    def _record_now(
+        self,
+        caller: Principal,
+        request_id: str,
+        name: str,
+        ref: VersionRef | None,
+        inputs: dict[str, Any],
+        outputs: list[dict[str, Any]] | None,
+        started: float,
+        status: str,
+        error: str | None,
+    ) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        # Label by registered name only: a caller's made-up names must not grow the metrics.
+        model_label = ref.model_name if ref is not None else "unresolved"
+        PREDICTIONS.labels(model=model_label, status=status).inc()
+        PREDICTION_SECONDS.labels(model=model_label).observe(elapsed_ms / 1000)
         self.log.record(
             LogEntry(
                 request_id=request_id,
-                model_name=ref.model_name,
-                model_version=str(ref.version),
-                inputs={
-                    "image": {
-                        "format": info.format,
-                        "width": info.width,
-                        "height": info.height,
-                        "bytes": len(data),
-                    }
-                },
-                outputs=result.top5,
-                latency_ms=round(result.latency_ms, 3),
-                status="success",
+                model_name=ref.model_name if ref is not None else name.replace("\x00", "\ufffd"),
+                model_version=str(ref.version) if ref is not None else None,
+                inputs=inputs,
+                outputs=outputs,
+                latency_ms=round(elapsed_ms, 3),
+                status=status,
+                error=error.replace("\x00", "\ufffd") if error else None,
                 user_id=caller.user_id,
                 api_key_id=caller.api_key_id,
                 client_address=caller.client_address[:64],
             )
         )
-        return result
 
     def _log(
         self,
