@@ -4,6 +4,7 @@ act on; what only an operator needs (library text, paths, endpoints) goes to the
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,9 +12,10 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, ServiceUnavailableError
 from modelport.http.middleware import (
     BodyTooLargeError,
     internal_error_detail,
@@ -72,6 +74,18 @@ def log_failure(exc: ModelportError) -> None:
     )
 
 
+DATABASE_UNREACHABLE = "the database cannot be reached right now; retry shortly"
+# What the driver raises when the database server is away: refused or cut connections and
+# timeouts come as the socket's own errors, a connection lost mid-query as a DBAPI error.
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, socket.gaierror)
+
+
+def _database_unreachable(exc: Exception) -> bool:
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -81,6 +95,22 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
         log_failure(exc)
         return error_response(request, exc.detail(), exc.status_code, exc.headers)
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(TimeoutError)
+    @app.exception_handler(socket.gaierror)
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        # A request that needs the database while it is away (any route, any caller, signed
+        # in or not) is told to retry: 503 with Retry-After, never a 500.
+        if not _database_unreachable(exc):
+            logger.error("unhandled error", exc_info=exc)
+            return error_response(request, internal_error_detail(request_id_of(request)), 500)
+        unavailable = ServiceUnavailableError(
+            DATABASE_UNREACHABLE, internal=f"{type(exc).__name__}: {exc}"
+        )
+        log_failure(unavailable)
+        return error_response(request, unavailable.message, 503, unavailable.headers)
 
     @app.exception_handler(BodyTooLargeError)
     async def _too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
