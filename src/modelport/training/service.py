@@ -75,7 +75,8 @@ class TrainingService:
                     "random_state": request.random_state,
                 },
                 owner_id=caller.user_id,
-                max_attempts=1,  # training is deterministic: a failure would fail again
+                # Bad data or parameters fail for good at once (PermanentJobError); a runner
+                # killed mid-job is another attempt once its lease runs out, like any job.
             )
             await session.commit()
         self.runner.notify()
