@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup builtins run test lint bench bench-tools profile fuzz clean builtin-artifacts image image-test server-lock
+.PHONY: setup builtins run test lint bench bench-tools profile fuzz soak clean builtin-artifacts image image-test server-lock
 
 # Dependencies, then the built-in models (trained / converted once, when not registered yet).
 setup: $(STAMP) builtins
@@ -56,6 +56,13 @@ fuzz: setup
 	echo "MODELPORT_FUZZ_SEED=$$seed"; \
 	MODELPORT_FUZZ_SEED=$$seed MODELPORT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MODELPORT_FUZZ_ALL_PHASES=1 \
 		$(BIN)/pytest tests/fuzz -p no:cacheprovider $(PYTEST_ARGS)
+
+# The whole system at saturation for SOAK_SECONDS (10 minutes): two servers and a job runner on
+# PostgreSQL, a private redis-server and moto S3; reports errors, RSS growth (goal under 10 %),
+# open files and database connections before and after (docs/reliability.md). Not in `make test`.
+SOAK_SECONDS ?= 600
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python benchmarks/soak.py
 
 # The container image (docs/deployment.md). The image holds no PyTorch: the ImageNet classifier
 # is converted to ONNX here first and copied in from deploy/builtins/.
