@@ -75,8 +75,7 @@ def soak(system: System, seconds: float, warmup: float, threads: int) -> int:
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < seconds:
         time.sleep(min(SAMPLE_SECONDS, seconds - elapsed))
-        with load._lock:  # a consistent snapshot of the counts
-            print(f"  {time.monotonic() - started:5.0f} s: {dict(load.report.statuses)}")
+        print(f"  {time.monotonic() - started:5.0f} s: {load.statuses()}")
     report: LoadReport = load.stop()
     after = figures(system)
     show("after", after)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -136,6 +137,7 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per S3 request
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
 
@@ -242,6 +244,7 @@ class System:
         self.job_lease_seconds = job_lease_seconds
         self.extra_env = extra_env or {}
         self.ports: dict[str, int] = {}
+        self.overrides: dict[str, dict[str, str]] = {}  # settings of one process only
         self.processes: dict[str, Server] = {}
         self.api_key = ""
         self.admin: dict[str, str] = {}
@@ -324,6 +327,7 @@ class System:
             MODELPORT_RATE_LIMIT_USER_PER_MINUTE="10000000",
         )
         env.update(self.extra_env)
+        env.update(self.overrides.get(name, {}))
         return env
 
     def launch(self, name: str) -> Server:
@@ -339,7 +343,14 @@ class System:
         self.processes[name] = server
         return server
 
-    def restart(self, name: str) -> Server:
+    def restart(self, name: str, **settings: str) -> Server:
+        """Stop process ``name`` (if running) and start it again, with ``settings`` added to
+        its environment from now on; back once ready."""
+        if settings:
+            self.overrides.setdefault(name, {}).update(settings)
+        previous = self.processes.get(name)
+        if previous is not None and previous.running:
+            previous.terminate()
         server = self.launch(name)
         server.wait_until_ready()
         return server
@@ -427,6 +438,8 @@ def running_system(
 @dataclass
 class LoadReport:
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    # (server base URL, status) -> answers
+    by_server: collections.Counter[tuple[str, int]] = field(default_factory=collections.Counter)
     transport_errors: collections.Counter[str] = field(default_factory=collections.Counter)
     answered_ok: list[str] = field(default_factory=list)  # request ids of the 200 answers
     bodies: dict[int, str] = field(default_factory=dict)  # one body per status, for messages
@@ -441,6 +454,10 @@ class LoadReport:
     @property
     def ok(self) -> int:
         return self.statuses[200]
+
+    def of(self, server: Server) -> dict[int, int]:
+        """The answers ``server`` gave, by status."""
+        return {status: n for (url, status), n in self.by_server.items() if url == server.base_url}
 
     def p99_ms(self) -> float:
         if not self.latencies:
@@ -499,6 +516,11 @@ class Load:
         self.report.seconds = time.monotonic() - self._started
         return self.report
 
+    def statuses(self) -> dict[int, int]:
+        """The answers so far, by status."""
+        with self._lock:
+            return dict(self.report.statuses)
+
     def __enter__(self) -> Load:
         return self.start()
 
@@ -531,6 +553,8 @@ class Load:
     def _count(self, response: httpx.Response, request_id: str, elapsed: float) -> None:
         report = self.report
         report.statuses[response.status_code] += 1
+        server = f"{response.request.url.scheme}://{response.request.url.netloc.decode()}"
+        report.by_server[(server, response.status_code)] += 1
         report.latencies.append(elapsed)
         if response.status_code == 200:
             report.answered_ok.append(request_id)

@@ -59,7 +59,7 @@ def test_postgresql_cut_mid_load_loses_no_log_row_and_readiness_recovers(
         cut_at = time.monotonic()
         flipped = wait_for(lambda: system.ready(server) == 503, 20, "readiness turning 503")
         time.sleep(2.0)
-        during = load.report.statuses.copy()
+        during = load.statuses()
         system.proxy.start()
         back = wait_for(
             lambda: all(system.ready(s) == 200 for s in system.servers), 30, "ready again"
@@ -77,39 +77,49 @@ def test_postgresql_cut_mid_load_loses_no_log_row_and_readiness_recovers(
     )
 
 
-def test_redis_stopped_mid_load_fails_open_with_a_metric_and_resumes(system: System) -> None:
-    errors_before = system.metric("modelport_ratelimit_backend_errors_total", outcome="allowed")
+def test_redis_stopped_mid_load_the_limiter_does_as_configured_and_resumes(
+    system: System,
+) -> None:
+    # Server a refuses while its limiter cannot reach Redis; b (the default) lets requests
+    # through. Either way: counted in a metric, never a 500, and Redis is used again once back.
+    closed, open_ = system.restart("a", MODELPORT_RATE_LIMIT_FAIL_OPEN="false"), system.servers[1]
+    errors = "modelport_ratelimit_backend_errors_total"
+    refused_before = system.metric(errors, outcome="refused")
+    allowed_before = system.metric(errors, outcome="allowed")
     with Load(system, "redis") as load:
         time.sleep(1.0)
         system.redis.stop()
         time.sleep(3.0)  # longer than a lease of rate-limit tokens: Redis is asked again
-        readiness = [system.ready(s) for s in system.servers]
-        components = system.health(system.servers[0])
+        readiness = {"closed": system.ready(closed), "open": system.ready(open_)}
+        redis_state = system.health(open_)["redis"]["status"]
         system.redis.start()
-        time.sleep(1.5)
+        wait_for(lambda: system.ready(closed) == 200, 20, "the fail-closed server ready again")
+        time.sleep(1.0)
     report = load.report
-    errors_during = (
-        system.metric("modelport_ratelimit_backend_errors_total", outcome="allowed") - errors_before
-    )
+    refused = system.metric(errors, outcome="refused") - refused_before
+    allowed = system.metric(errors, outcome="allowed") - allowed_before
 
-    # MODELPORT_RATE_LIMIT_FAIL_OPEN is true (the default): let through, counted, still ready.
-    assert set(report.statuses) == {200}, f"{report.summary()}; bodies: {report.bodies}"
+    assert set(report.of(open_)) == {200}, f"{report.summary()}; bodies: {report.bodies}"
+    assert set(report.of(closed)) == {200, 503}, f"{report.summary()}; bodies: {report.bodies}"
+    assert "rate limiter cannot be reached" in report.bodies[503]
     assert not report.transport_errors, report.summary()
-    assert errors_during > 0
-    assert readiness == [200, 200]
-    assert components["redis"]["status"] == "down"
+    assert refused > 0 and allowed > 0
+    assert readiness == {"closed": 503, "open": 200}  # Redis is required only when failing closed
+    assert redis_state == "down"
     assert_every_answer_was_kept(system, load, report)
 
-    # Redis is back: the limiter uses it again (its buckets reappear, no more backend errors).
+    # Redis is back: the limiters use it again (buckets reappear, no more backend errors).
     wait_for(lambda: system.redis.keys() > 0, 20, "rate-limit buckets back in Redis")
-    settled = system.metric("modelport_ratelimit_backend_errors_total", outcome="allowed")
+    settled = system.metric(errors, outcome="refused") + system.metric(errors, outcome="allowed")
     with Load(system, "redis-after") as after:
         time.sleep(2.5)
     assert set(after.report.statuses) == {200}, after.report.summary()
-    assert system.metric("modelport_ratelimit_backend_errors_total", outcome="allowed") == settled
+    now = system.metric(errors, outcome="refused") + system.metric(errors, outcome="allowed")
+    assert now == settled
     print(
-        f"\n[redis stopped 3 s] {report.summary()}; limiter checks let through without Redis: "
-        f"{errors_during:.0f}; readiness {readiness}; after Redis returned: "
+        f"\n[redis stopped 3 s] {report.summary()}; fail-closed server {report.of(closed)}, "
+        f"fail-open server {report.of(open_)}; limiter checks without Redis: {refused:.0f} "
+        f"refused, {allowed:.0f} let through; readiness {readiness}; after Redis returned: "
         f"{after.report.summary()}, 0 new backend errors"
     )
 
@@ -230,7 +240,7 @@ def test_sigterm_under_load_finishes_in_flight_requests_and_keeps_every_log_row(
         time.sleep(2.0)
         target.process.send_signal(signal.SIGTERM)
         code = target.process.wait(timeout=60)
-        stopped = load.report.statuses.copy()
+        stopped = load.statuses()
         system.restart("a")
         time.sleep(1.0)
     report = load.report
