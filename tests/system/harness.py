@@ -322,6 +322,9 @@ class System:
             MODELPORT_HEALTH_CHECK_SECONDS="0.5",
             MODELPORT_SHUTDOWN_FLUSH_SECONDS="5",
             MODELPORT_INFERENCE_POOL_THREADS="2",
+            # A few seconds without the database overflow this many log rows to the spool file,
+            # so an outage takes the whole way: buffered, spooled, replayed.
+            MODELPORT_PREDICTION_LOG_BUFFER="100",
             # The load must not meet the limits; what the limiter does without Redis is tested.
             MODELPORT_RATE_LIMIT_API_KEY_PER_MINUTE="10000000",
             MODELPORT_RATE_LIMIT_USER_PER_MINUTE="10000000",

@@ -26,7 +26,8 @@ def system(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory, trained_wine: TrainedWine
 ) -> Iterator[System]:
     """One system for the module (starting three servers is the slow part); each test gives
-    back what it took away."""
+    back what it took away. ``postgres_url`` makes PostgreSQL a requirement (a failure with
+    CI=true); the system makes a database of its own beside it."""
     root = tmp_path_factory.mktemp("system")
     with running_system(root, POSTGRES_URL, trained_wine) as started:
         yield started
@@ -53,6 +54,8 @@ def test_postgresql_cut_mid_load_loses_no_log_row_and_readiness_recovers(
     system: System,
 ) -> None:
     server = system.servers[0]
+    spooled_metric = "modelport_prediction_log_spooled_rows_total"
+    spooled_before = system.metric(spooled_metric, reason="buffer_full")
     with Load(system, "dbcut") as load:
         time.sleep(1.5)
         system.proxy.stop()  # every connection to PostgreSQL cut, new ones refused
@@ -69,8 +72,11 @@ def test_postgresql_cut_mid_load_loses_no_log_row_and_readiness_recovers(
     report = load.report
 
     waited = assert_every_answer_was_kept(system, load, report)
+    spooled = system.metric(spooled_metric, reason="buffer_full") - spooled_before
+    assert spooled > 0  # past the in-memory buffer, rows went through the spool file
     print(
-        f"\n[postgres cut] {report.summary()}; outage {outage:.1f} s; not ready after "
+        f"\n[postgres cut] {report.summary()}; {spooled:.0f} log rows spooled and replayed; "
+        f"outage {outage:.1f} s; not ready after "
         f"{flipped:.1f} s; ready {back:.1f} s after the database returned; answers until the "
         f"end of the outage {dict(during)}; log rows {report.ok} of {report.ok} 200s "
         f"(last one written {waited} s after the load stopped); log rows lost: 0"

@@ -164,7 +164,9 @@ class _Row:
         for name in ("inputs", "outputs"):
             if document[name] is not None:
                 document[name] = orjson.Fragment(document[name])
-        return orjson.dumps(document)
+        # default=str: a caller's ids read from PostgreSQL are asyncpg's own UUID type, which
+        # orjson does not know; refusing them killed the spill and kept those rows off disk.
+        return orjson.dumps(document, default=str)
 
 
 def _marker(reason: str, data: bytes | None = None) -> str:
