@@ -328,6 +328,7 @@ class System:
             # The load must not meet the limits; what the limiter does without Redis is tested.
             MODELPORT_RATE_LIMIT_API_KEY_PER_MINUTE="10000000",
             MODELPORT_RATE_LIMIT_USER_PER_MINUTE="10000000",
+            MODELPORT_RATE_LIMIT_ANONYMOUS_PER_MINUTE="10000000",
         )
         env.update(self.extra_env)
         env.update(self.overrides.get(name, {}))
@@ -490,6 +491,7 @@ class Load:
         threads: int = 6,
         servers: list[Server] | None = None,
         max_seconds: float = 120.0,
+        anonymous: bool = False,
     ) -> None:
         self.system = system
         self.prefix = prefix
@@ -498,6 +500,7 @@ class Load:
         ]
         self.threads = threads
         self.max_seconds = max_seconds
+        self.anonymous = anonymous  # no API key: the wine model is public
         self.report = LoadReport()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -531,7 +534,7 @@ class Load:
         self.stop()
 
     def _send(self, index: int) -> None:
-        headers = {"X-API-Key": self.system.api_key}
+        headers = {} if self.anonymous else {"X-API-Key": self.system.api_key}
         deadline = self._started + self.max_seconds
         with httpx.Client(timeout=30) as client:
             n = 0
