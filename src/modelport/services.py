@@ -68,7 +68,11 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         session_factory = create_session_factory(engine)
         store = open_artifact_store(settings)
         models = ModelCache(

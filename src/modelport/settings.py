@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr(""), description="SQLAlchemy URL; SQLite under var/ if empty."
     )
+    # PostgreSQL connections per worker process: replicas x workers x (pool + overflow) must stay
+    # under the server's max_connections (100 by default).
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=10, ge=0, le=1000)
     artifact_store: str = Field(
         default="", description="file:///abs/path or s3://bucket/prefix; var/artifacts if empty."
     )
