@@ -194,8 +194,8 @@ def _raise_errors(signature: Signature, rows: Rows) -> None:
     try:
         adapter.validate_python(rows.items)
     except ValidationError as exc:
-        errors = []
-        for error in exc.errors(include_url=False, include_context=False):
+        errors: list[dict[str, Any]] = []
+        for error in exc.errors(include_url=False, include_context=False)[:ERRORS_KEPT]:
             # pydantic's loc starts with the list index; keep it only for real batches.
             loc = list(error["loc"]) if rows.indexed else list(error["loc"][1:])
             errors.append(
@@ -206,8 +206,23 @@ def _raise_errors(signature: Signature, rows: Rows) -> None:
                     "input": error.get("input"),
                 }
             )
-        where = ".".join(str(part) for part in errors[0]["loc"][1:]) or "body"
+        where = ".".join(str(part) for part in errors[0]["loc"][1:])[:100] or "body"
+        omitted = exc.error_count() - len(errors)
+        if omitted:
+            # Counted, not listed: the HTTP layer shows fewer still and says how many it left.
+            errors.append(
+                {
+                    "loc": [rows.loc_prefix[0]],
+                    "msg": f"{omitted} more errors not shown",
+                    "type": "too_many_errors",
+                    "omitted": omitted,
+                }
+            )
         raise InvalidInputError(f"{where}: {errors[0]['msg']}", errors) from None
+
+
+# Most errors one validation lists (a row with 60,000 unknown keys breaks 60,000 rules).
+ERRORS_KEPT = 100
 
 
 @functools.lru_cache(maxsize=256)
