@@ -6,6 +6,7 @@ answered; their latency during the attack is printed (run with -s), not asserted
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import selectors
 import socket
@@ -18,8 +19,13 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from fastapi import FastAPI, Request
+from starlette.types import Message
 
 from modelport.builtin.wine import TrainedWine
+from modelport.http.errors import install_error_handlers
+from modelport.http.middleware import RequestContextMiddleware
+from modelport.http.uploads import read_upload
 from tests.cli.support import Server, free_port, make_wine_home, serve_processes
 from tests.helpers import WINE_ROW
 
@@ -378,3 +384,86 @@ def test_request_validation_errors_are_capped_and_never_echo_a_large_input(
     small = next(error for error in detail if error["loc"] == ["body", "f00000"])
     assert small["input"] == 1
     assert b"a secret" not in response.content
+
+
+# The same limits in the app itself, for servers other than `modelport serve`.
+
+
+def limited_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"bytes": len((await read_upload(request, "file")).data)}
+
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=1_048_576,
+        max_header_count=10,
+        body_timeout_seconds=0.2,
+    )
+    install_error_handlers(app, max_validation_errors=20)
+    return app
+
+
+async def call(
+    app: FastAPI, path: str, headers: list[tuple[bytes, bytes]], first_piece: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], dict[str, object]]:
+    """One request whose body stops after ``first_piece``; the status, headers and JSON body."""
+    pieces = [{"type": "http.request", "body": first_piece, "more_body": True}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if pieces:
+            return pieces.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+    }
+    await asyncio.wait_for(app(scope, receive, send), HANG_GUARD)
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], start["headers"], orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/echo", b"application/json"), ("/upload", b"multipart/form-data; boundary=x")],
+)
+def test_a_body_that_stops_arriving_is_answered_408_by_the_middleware(
+    path: str, content_type: bytes
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", b"1000")]
+    status, response_headers, body = asyncio.run(
+        call(limited_app(), path, headers, b"--x\r\nContent-Disposition: form-data; name=")
+    )
+    assert status == 408
+    assert body["detail"] == (
+        "the request body stopped arriving for 0.2 seconds; send it without pauses"
+    )
+    assert (b"connection", b"close") in [(k.lower(), v) for k, v in response_headers]
+
+
+def test_too_many_headers_are_answered_431_by_the_middleware() -> None:
+    headers = [(b"x-%d" % i, b"v") for i in range(11)]
+    status, _, body = asyncio.run(call(limited_app(), "/echo", headers, b""))
+    assert status == 431
+    assert body["detail"] == "the request has more than 10 headers"
