@@ -218,6 +218,22 @@ def test_more_headers_than_allowed_are_refused_with_431_by_count(server: Server)
         assert status_of(read_until_closed(sock)) == 200
 
 
+def test_a_large_body_arriving_with_its_head_is_not_taken_for_a_large_head(
+    server: Server,
+) -> None:
+    body = orjson.dumps({"inputs": [WINE_ROW] * 1000})  # about 300 KB, past the head limit
+    head = (
+        b"POST /api/v1/models/wine-quality/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with connect(server) as sock:
+        sock.sendall(head + body)  # one write: the server reads the head and body together
+        response = read_until_closed(sock)
+    assert status_of(response) == 200, response[:300]
+    assert len(body_of(response)["predictions"]) == 1000  # type: ignore[arg-type]
+
+
 def _send_ignoring_reset(sock: socket.socket, data: bytes) -> None:
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         sock.sendall(data)

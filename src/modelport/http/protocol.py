@@ -164,14 +164,17 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         as it arrives, so an endless head is refused at the limit, not buffered."""
         before, limit = self._head_bytes, self.limits.max_header_bytes
         self._head_bytes += len(data)
-        window = self._head_tail + data
-        self._head_tail = window[-(len(_HEAD_END) - 1) :]
+        tail = self._head_tail
         if self._head_bytes <= limit:
+            self._head_tail = (tail + data[-3:])[-3:]
             return True
-        end = window.find(_HEAD_END)  # the head ends here, the body follows in the same read
-        if end < 0:
-            return False
-        return before - (len(window) - len(data)) + end + len(_HEAD_END) <= limit
+        # Past the limit, unless the head ends in this read and the body follows it: its
+        # end may straddle the previous read, so look there first.
+        end = (tail + data[:3]).find(_HEAD_END)
+        if end >= 0:
+            return before - len(tail) + end + len(_HEAD_END) <= limit
+        end = data.find(_HEAD_END)
+        return end >= 0 and before + end + len(_HEAD_END) <= limit
 
     def _start_head_timer(self) -> None:
         if self._head_timer is None:
