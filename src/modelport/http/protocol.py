@@ -4,13 +4,17 @@ and any number of headers, waits forever for a head that never ends, and keeps e
 connection it accepts; here a worker keeps at most ``max_connections``, refuses a head past its
 size or header count with 431, and one that takes too long with 408.
 
-The body's own timeout is the request middleware's (it sees each read the app makes)."""
+The body's own timeout is the request middleware's (it sees each read the app makes). uvicorn's
+h11 protocol has a head size limit (``h11_max_incomplete_event_size``) but answers it with a
+bare 400, counts no headers and is slower than httptools; its ``limit_concurrency`` answers 503
+only once a head is complete, so a connection that never completes one is never refused."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,6 +40,31 @@ class ConnectionLimits:
     max_header_count: int
     max_header_bytes: int
     header_timeout_seconds: float
+
+
+# Refusals are logged at most once per interval and status, with how many were not: a flood of
+# connections must not turn into a flood of log lines, each costing the event loop.
+_LOG_INTERVAL_SECONDS = 10.0
+_last_logged: dict[int, float] = {}
+_not_logged: dict[int, int] = {}
+
+
+def _log_refusal(status: int, message: str, client: tuple[str, int] | None) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(status, -_LOG_INTERVAL_SECONDS) < _LOG_INTERVAL_SECONDS:
+        _not_logged[status] = _not_logged.get(status, 0) + 1
+        return
+    _last_logged[status] = now
+    more = _not_logged.pop(status, 0)
+    logger.warning(
+        "refused before the app (%s): %d %s%s",
+        f"{client[0]}:{client[1]}" if client else "unknown",
+        status,
+        message,
+        f" (and {more} more {status}s not logged in the last {_LOG_INTERVAL_SECONDS:g} s)"
+        if more
+        else "",
+    )
 
 
 class _Refused(Exception):
@@ -203,8 +232,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Answer ``status`` and close: at once if the caller is done sending, else after a
         short linger that drops whatever it still sends."""
         self._refused = True
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
-        logger.warning("refused before the app (%s): %d %s", client, status, message)
+        _log_refusal(status, message, self.client)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
