@@ -349,6 +349,39 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
 
+    # HTTP limits (per worker process): what one connection may cost before its app runs.
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Open connections per worker; more are answered 503 and closed at once.",
+    )
+    max_header_count: int = Field(
+        default=100, ge=8, le=10_000, description="Headers in one request; more get 431."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=4096,
+        le=16 * 1_048_576,
+        description="Request line plus headers; larger heads get 431 before they are read whole.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="From a connection (or a request's first byte) to its last header; "
+        "slower requests get 408 and are closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for the next piece of a request body; then 408 and closed.",
+    )
+    max_validation_errors: int = Field(
+        default=20, ge=1, le=1000, description="Errors listed in one 422; the rest are counted."
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: object) -> object:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,98 +20,25 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
-from modelport.db.migrate import upgrade
-from modelport.settings import Settings
 from modelport.workers import usable_cores
-from tests.helpers import METRICS_TOKEN, OPERATOR, WINE_ROW, register_trained
-
-MODELPORT = Path(sys.executable).with_name("modelport")
-STARTUP_DEADLINE_SECONDS = 120.0  # a hang guard, not a performance requirement
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_until_ready(self) -> httpx.Response:
-        deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"modelport serve exited with {self.process.returncode}:\n{self.log}")
-            try:
-                response = httpx.get(f"{self.base_url}/health/ready", timeout=5)
-                if response.status_code == 200:
-                    return response
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(f"modelport serve was not ready in time:\n{self.log}")
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
+from tests.cli.support import (
+    STARTUP_DEADLINE_SECONDS,
+    Server,
+    free_port,
+    make_wine_home,
+    serve_processes,
+)
+from tests.helpers import OPERATOR, WINE_ROW
 
 
 @pytest.fixture
 def wine_home(tmp_path: Path, trained_wine: TrainedWine) -> Path:
-    """A var dir whose SQLite registry holds the wine model as production v1."""
-    var = tmp_path / "var"
-    settings = Settings(
-        var_dir=var,
-        database_url=f"sqlite+aiosqlite:///{var / 'modelport.db'}",
-        artifact_store=(var / "artifacts").as_uri(),
-    )
-    var.mkdir()
-    upgrade(settings.database_url)
-    register_trained(settings, trained_wine)
-    return var
+    return make_wine_home(tmp_path / "var", trained_wine)
 
 
 @pytest.fixture
 def start_server(tmp_path: Path, wine_home: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(*args: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
-        env.update(
-            MODELPORT_VAR_DIR=str(wine_home),
-            MODELPORT_LOG_FORMAT="text",
-            # Only the shutdown flush can write the log rows within this test.
-            MODELPORT_PREDICTION_LOG_FLUSH_SECONDS="3600",
-            MODELPORT_METRICS_TOKEN=METRICS_TOKEN,  # which models are loaded is for operators
-        )
-        env.update(extra_env or {})
-        log_path = tmp_path / f"serve-{len(servers)}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [str(MODELPORT), "serve", *args],
-                cwd=tmp_path,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so teardown reaches workers
-            )
-        server = Server(process, f"http://127.0.0.1:{port}", log_path)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        if server.process.poll() is None:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
+    yield from serve_processes(tmp_path, wine_home)
 
 
 def logged_predictions(var: Path) -> list[tuple[str, str, str | None, str]]:
