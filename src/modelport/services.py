@@ -99,6 +99,8 @@ class Services:
                 max_batch_size=settings.max_batch_size,
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_queue_depth,
+                run_seconds=settings.inference_timeout_seconds,
+                max_concurrency=settings.model_concurrency,
             ),
             pool_threads=settings.inference_pool_threads,
         )
