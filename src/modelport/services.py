@@ -27,7 +27,7 @@ from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Limiter
 from modelport.ratelimit.factory import build_limiter
 from modelport.registry import service as registry
-from modelport.registry.management import RegistryManager
+from modelport.registry.management import LimitBounds, RegistryManager
 from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
@@ -82,7 +82,18 @@ class Services:
         changes = ChangeHub()
         changes.subscribe(lambda change: resolver.forget(change))
         manager = RegistryManager(
-            session_factory, store, changes, allow_pickle=settings.allow_pickle
+            session_factory,
+            store,
+            changes,
+            allow_pickle=settings.allow_pickle,
+            limit_bounds=LimitBounds(
+                timeout_default=settings.inference_timeout_seconds,
+                timeout_max=max(
+                    settings.inference_timeout_seconds, settings.inference_timeout_max_seconds
+                ),
+                concurrency_default=settings.model_concurrency,
+                concurrency_max=settings.inference_pool_threads,
+            ),
         )
         log = PredictionLogWriter(
             session_factory,

@@ -122,6 +122,10 @@ class _Run:
             if not job.future.done():
                 job.future.set_exception(DeadlineExceededError(message))
 
+    def abandoned(self) -> bool:
+        """Still running, with nobody left waiting for it."""
+        return not self.finished and all(job.future.done() for job in self.jobs)
+
     def stuck(self, now: float) -> bool:
         return now - self.started > self.limit + STUCK_GRACE_SECONDS
 
@@ -211,9 +215,8 @@ class Batcher:
                 lane.jobs.remove(job)
                 lane.queued_rows -= job.rows
                 self._retire_if_idle(lane)
-            elif job.run is not None and not job.run.finished:
-                if all(other.future.done() for other in job.run.jobs):
-                    job.run.stop(_CALLERS_GONE)  # nobody would read its answer
+            elif job.run is not None and job.run.abandoned():
+                job.run.stop(_CALLERS_GONE)  # nobody would read its answer
 
     def waiting(self, version_id: uuid.UUID) -> int:
         """Requests queued for a version, not yet in a running batch."""
@@ -349,9 +352,7 @@ class Batcher:
         self._runs.add(run)
         self._running_by_model[lane.model_name] = self._running_by_model.get(lane.model_name, 0) + 1
         pooled = loop.run_in_executor(self._pool, run_batch, runtime, features, run.stop_handle)
-        pooled.add_done_callback(
-            functools.partial(self._finished, lane, run, runtime, rows, loop)
-        )
+        pooled.add_done_callback(functools.partial(self._finished, lane, run, runtime, rows, loop))
 
     def _finished(
         self,
