@@ -164,7 +164,7 @@ class LimitBounds:
         timeout = limits.get("inference_timeout_seconds")
         if timeout is not None:
             most = self.timeout_max if editor.is_admin else self.timeout_default
-            _within(timeout, most, "inference_timeout_seconds", "s", editor.is_admin)
+            _within(timeout, most, "inference_timeout_seconds", " s", editor.is_admin)
         threads = limits.get("max_concurrency")
         if threads is not None:
             most = self.concurrency_max if editor.is_admin else self.concurrency_default
