@@ -172,6 +172,17 @@ def print_latencies(what: str, seconds: list[float]) -> None:
     )
 
 
+def other_callers(
+    client: TestClient, pool: ThreadPoolExecutor, until: Callable[[], bool]
+) -> list[Future[tuple[int, float]]]:
+    """Calls to the wine model (ONNX) and the linear one (scikit-learn), two every 20 ms."""
+    calls: list[Future[tuple[int, float]]] = []
+    while not until():
+        calls += [pool.submit(timed_post, client, path) for path in (WINE, LINEAR)]
+        time.sleep(0.02)
+    return calls
+
+
 def runaway_calls(client: TestClient, pool: ThreadPoolExecutor, count: int) -> list[Future[Any]]:
     return [pool.submit(client.post, RUNAWAY, json=WINE_ROW) for _ in range(count)]
 
@@ -185,12 +196,12 @@ def test_runaway_runs_are_stopped_at_their_limit_while_other_models_answer(
     """More runaway calls than inference threads, while other callers use an ONNX model and a
     scikit-learn model (which always runs in the inference pool): the runaway calls answer 504
     saying the model was stopped, every other call answers 200, and the threads are free again."""
+    rounds = iter(range(40))
+    quiet = other_callers(client, pool, lambda: next(rounds, None) is None)
+    print_latencies("other callers before the attack", [f.result()[1] for f in quiet])
     attack = runaway_calls(client, pool, 12)
     wait_for(lambda: load(client)["busy"] >= 1, "a runaway run holds an inference thread")
-    others: list[Future[tuple[int, float]]] = []
-    while not all(call.done() for call in attack):
-        others += [pool.submit(timed_post, client, path) for path in (WINE, LINEAR)]
-        time.sleep(0.02)
+    others = other_callers(client, pool, lambda: all(call.done() for call in attack))
 
     answers = [call.result(timeout=HANG_GUARD_SECONDS) for call in attack]
     assert [answer.status_code for answer in answers] == [504] * len(attack)
