@@ -48,7 +48,7 @@ from modelport.monitoring.metrics import BATCH_REFUSALS, BATCH_REQUESTS, BATCH_R
 from modelport.registry.service import VersionRef
 from modelport.runtimes.onnx import RunStop
 from modelport.serving.model_cache import LoadedModel
-from modelport.serving.watchdog import Alarm, Watchdog
+from modelport.serving.watchdog import Alarm, InlineGuard, Watchdog
 
 TIMEOUT_HEADER = "x-request-timeout"
 Outputs = Mapping[str, np.ndarray]
@@ -114,7 +114,7 @@ class _Run:
         the watchdog thread or the event loop."""
         if self.stop_handle is not None:
             self.stop_handle.stop(message)
-        if message != _CALLERS_GONE:
+        if message != _CALLERS_GONE and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._answer, message)
 
     def _answer(self, message: str) -> None:
@@ -156,6 +156,7 @@ class Batcher:
         self._runs: set[_Run] = set()  # batches in the pool
         self._running_by_model: dict[str, int] = {}  # a model's batches in the pool
         self._watchdog = Watchdog()
+        self._inline_guard = InlineGuard(INLINE_LIMIT_SECONDS, _MOVE_TO_POOL)
 
     def policy_for(self, ref: VersionRef) -> BatchPolicy:
         """The rules for one version: the settings', with the model's own time limit and
@@ -240,6 +241,7 @@ class Batcher:
             if run.stop_handle is not None:
                 run.stop_handle.stop("the server is shutting down")
         self._watchdog.close()
+        self._inline_guard.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _model_threads(self, lane: _Lane) -> int:
@@ -329,9 +331,11 @@ class Batcher:
         )
         if quick:
             stop = RunStop()
-            alarm = self._watchdog.arm(INLINE_LIMIT_SECONDS, stop, _MOVE_TO_POOL)
-            result = run_batch(runtime, features, stop)
-            self._watchdog.disarm(alarm)
+            self._inline_guard.begin(stop)
+            try:
+                result = run_batch(runtime, features, stop)
+            finally:
+                self._inline_guard.end()
             if stop.message != _MOVE_TO_POOL:
                 self._settle(runtime, rows, batch, result)
                 return

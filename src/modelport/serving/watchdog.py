@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
+
+logger = logging.getLogger(__name__)
 
 
 class Stoppable(Protocol):
@@ -74,4 +77,39 @@ class Watchdog:
                     self._wakeup.wait(wait)
                     continue
             for alarm in due:
-                alarm.target.stop(alarm.message)
+                try:
+                    alarm.target.stop(alarm.message)
+                except Exception:  # one failure must not leave later runs unstopped
+                    logger.exception("stopping a model run failed")
+
+
+class InlineGuard:
+    """Stops a run on the event loop that goes on past ``limit`` seconds. Such runs are many
+    and short, so instead of an alarm each (a wake-up of the watchdog per run), a thread looks
+    every few milliseconds at which run is on and since when."""
+
+    def __init__(self, limit: float, message: str) -> None:
+        self._limit = limit
+        self._message = message
+        self._current: tuple[Stoppable, float] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def begin(self, target: Stoppable) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="inline-guard", daemon=True)
+            self._thread.start()
+        self._current = (target, time.monotonic())
+
+    def end(self) -> None:
+        self._current = None
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._limit / 5):
+            current = self._current
+            if current is not None and time.monotonic() - current[1] >= self._limit:
+                target, _ = current
+                target.stop(self._message)  # a run that just ended is not hurt by it
