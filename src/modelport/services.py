@@ -207,6 +207,7 @@ class Services:
         if self.change_bridge is not None:
             self.change_bridge.start()
         self.prediction_log.start()
+        self.predictions.batcher.wind_down_on_signals()
         self.key_usage.start()
         self.limiter.start()
         if self.settings.run_jobs:

@@ -18,8 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import joblib
 import numpy as np
 import pytest
@@ -34,7 +36,15 @@ from modelport.serving import batcher as batching
 from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
+from tests.cli.test_serve import (  # the fixtures that run `modelport serve`, reused
+    Server,
+    assert_clean_exit,
+    free_port,
+    start_server,  # noqa: F401 - a fixture
+    wine_home,  # noqa: F401 - a fixture
+)
 from tests.helpers import (
+    OPERATOR,
     WINE_ROW,
     admin_headers,
     bearer,
@@ -481,3 +491,47 @@ def test_shutting_down_stops_runaway_runs(
         lambda: not any(t.name.startswith("inference") for t in threading.enumerate()),
         "no inference thread is left",
     )
+
+
+def test_sigterm_stops_runaway_runs_instead_of_waiting_for_them(
+    start_server: Callable[..., Server],  # noqa: F811 - the fixture imported above
+    wine_home: Path,  # noqa: F811
+) -> None:
+    """``modelport serve`` as a user runs it, with a one-minute limit and two runaway calls in
+    flight: SIGTERM stops them (their callers get 504 saying why) and the process exits cleanly,
+    instead of waiting out the open requests."""
+    settings = Settings(
+        var_dir=wine_home, database_url=f"sqlite+aiosqlite:///{wine_home / 'modelport.db'}"
+    )
+    register_onnx(settings, endless_loop(len(FEATURE_NAMES)), "runaway")
+    port = free_port()
+    server = start_server(
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        port=port,
+        extra_env={
+            "MODELPORT_INFERENCE_TIMEOUT_SECONDS": "60",
+            "MODELPORT_INFERENCE_POOL_THREADS": "2",
+            "MODELPORT_INFERENCE_MAX_CONCURRENCY": "2",
+        },
+    )
+    server.wait_until_ready()
+
+    def busy() -> int:
+        health = httpx.get(f"{server.base_url}/health", headers=OPERATOR, timeout=5).json()
+        return int(health["components"]["inference"]["detail"]["busy"])
+
+    with ThreadPoolExecutor(max_workers=2) as callers:
+        url = f"{server.base_url}{RUNAWAY}"
+        calls = [callers.submit(httpx.post, url, json=WINE_ROW, timeout=120) for _ in range(2)]
+        wait_for(lambda: busy() == 2, "both runaway calls run")
+        started = time.perf_counter()
+        returncode = server.terminate()
+        print(f"\nSIGTERM with two runaway runs: exited in {time.perf_counter() - started:.2f} s")
+        answers = [call.result(timeout=HANG_GUARD_SECONDS) for call in calls]
+
+    assert_clean_exit(server, returncode)
+    assert [answer.status_code for answer in answers] == [504, 504]
+    assert all("shutting down" in answer.json()["detail"] for answer in answers)

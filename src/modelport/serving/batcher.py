@@ -32,11 +32,13 @@ import asyncio
 import dataclasses
 import functools
 import math
+import signal
+import threading
 import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +70,10 @@ _CALLERS_GONE = "every caller waiting for this run has gone"
 # or an ONNX operator that never looks at the stop flag). When every inference thread is stuck,
 # the process cannot serve and its liveness probe says so.
 STUCK_GRACE_SECONDS = 30.0
+# Once the server is asked to stop, a run may go on this long: normal ones finish and answer,
+# runaway ones are stopped, so the graceful wait for open requests is short.
+SHUTDOWN_GRACE_SECONDS = 1.0
+_SHUTTING_DOWN = "the server is shutting down and stopped the model's run; try again"
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ class Batcher:
         self._running_by_model: dict[str, int] = {}  # a model's batches in the pool
         self._watchdog = Watchdog()
         self._inline_guard = InlineGuard(INLINE_LIMIT_SECONDS, _MOVE_TO_POOL)
+        self._winding_down = False
 
     def policy_for(self, ref: VersionRef) -> BatchPolicy:
         """The rules for one version: the settings', with the model's own time limit and
@@ -234,6 +241,30 @@ class Batcher:
             "stuck": sum(1 for run in self._runs if run.stuck(now)),
             "waiting": sum(len(lane.jobs) for lane in self._lanes.values()),
         }
+
+    def wind_down(self) -> None:
+        """The server is stopping: every run, now or later, has at most
+        SHUTDOWN_GRACE_SECONDS left."""
+        self._winding_down = True
+        for run in self._runs:
+            self._watchdog.arm(SHUTDOWN_GRACE_SECONDS, run, _SHUTTING_DOWN)
+
+    def wind_down_on_signals(self) -> None:
+        """Wind down as soon as SIGTERM or SIGINT arrives, before the server's own handler (which
+        first waits for open requests, some of them held by runaway runs). Only the main thread
+        may install signal handlers; elsewhere (tests) this does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+
+        def wind_down_soon() -> None:
+            if not loop.is_closed():  # from a signal handler: the loop does it, not the handler
+                loop.call_soon_threadsafe(self.wind_down)
+
+        for number in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(number)
+            if callable(previous):
+                signal.signal(number, _chained(wind_down_soon, previous))
 
     def close(self) -> None:
         """Stop every run (so shutting down never waits for a runaway model), then the pool."""
@@ -340,16 +371,18 @@ class Batcher:
                 self._settle(runtime, rows, batch, result)
                 return
             self._costs[runtime] = math.inf  # never inline again; this batch goes to the pool
+        limit = lane.policy.run_seconds
         run = _Run(
             lane.model_name,
             batch,
-            lane.policy.run_seconds,
+            min(limit, SHUTDOWN_GRACE_SECONDS) if self._winding_down else limit,
             time.monotonic(),
             loop,
             RunStop() if stoppable else None,
         )
         if math.isfinite(run.limit):
-            run.alarm = self._watchdog.arm(run.limit, run, _ran_too_long(run.limit, stoppable))
+            why = _SHUTTING_DOWN if self._winding_down else _ran_too_long(limit, stoppable)
+            run.alarm = self._watchdog.arm(run.limit, run, why)
         for job in batch:
             job.run = run
         lane.running += 1
@@ -488,6 +521,16 @@ def time_limit(header: str | None, default: float) -> float:
             f"(got {header[:20]!r})"
         )
     return min(seconds, default)
+
+
+def _chained(
+    first: Callable[[], None], then: Callable[[int, Any], Any]
+) -> Callable[[int, Any], None]:
+    def handler(number: int, frame: Any) -> None:
+        first()
+        then(number, frame)
+
+    return handler
 
 
 def _ran_too_long(limit: float, stoppable: bool) -> str:
