@@ -12,7 +12,8 @@ Guarantees:
   fails (or whose outputs cannot be split by row) is run again request by request;
 - the queue is bounded: past ``max_queue`` waiting requests a request is refused at once (503);
 - a request whose deadline passes while it waits is answered 504 and never run (one whose batch
-  is already running is answered 504 at its deadline; its rows finish with the batch);
+  is already running is answered 504 at its deadline; its rows finish with the batch, unless
+  nobody is left waiting for it: then the run is stopped);
 - ONNX models measured to be quick run on the event loop (a thread hop costs more than they
   do); the rest run in a bounded pool of threads, at most one batch per thread;
 - one model uses at most ``max_concurrency`` of those threads at once (its other requests wait
