@@ -27,7 +27,7 @@ from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Limiter
 from modelport.ratelimit.factory import build_limiter
 from modelport.registry import service as registry
-from modelport.registry.management import RegistryManager
+from modelport.registry.management import LimitBounds, RegistryManager
 from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
@@ -86,7 +86,18 @@ class Services:
         changes = ChangeHub()
         changes.subscribe(lambda change: resolver.forget(change))
         manager = RegistryManager(
-            session_factory, store, changes, allow_pickle=settings.allow_pickle
+            session_factory,
+            store,
+            changes,
+            allow_pickle=settings.allow_pickle,
+            limit_bounds=LimitBounds(
+                timeout_default=settings.inference_timeout_seconds,
+                timeout_max=max(
+                    settings.inference_timeout_seconds, settings.inference_timeout_max_seconds
+                ),
+                concurrency_default=settings.model_concurrency,
+                concurrency_max=settings.inference_pool_threads,
+            ),
         )
         log = PredictionLogWriter(
             session_factory,
@@ -103,6 +114,8 @@ class Services:
                 max_batch_size=settings.max_batch_size,
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_queue_depth,
+                run_seconds=settings.inference_timeout_seconds,
+                max_concurrency=settings.model_concurrency,
             ),
             pool_threads=settings.inference_pool_threads,
         )
@@ -198,6 +211,7 @@ class Services:
         if self.change_bridge is not None:
             self.change_bridge.start()
         self.prediction_log.start()
+        self.predictions.batcher.wind_down_on_signals()
         self.key_usage.start()
         self.limiter.start()
         if self.settings.run_jobs:

@@ -218,6 +218,28 @@ class Settings(BaseSettings):
         description="Deadline of a prediction; X-Request-Timeout "
         "may ask for less. Requests still waiting for the model then get 504.",
     )
+    # Inference limits (runaway models): a run past its time is stopped, and one model may use
+    # only some of the inference threads.
+    inference_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Longest one model run may take; ONNX runs are stopped then (504). A model's "
+        "own limit may be lower, or higher up to MODELPORT_INFERENCE_TIMEOUT_MAX_SECONDS.",
+    )
+    inference_timeout_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Most a model's own time limit may be (set by an administrator).",
+    )
+    inference_max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Inference threads one model may use at once; more requests wait in its "
+        "queue. Default: half the inference threads (at least 1).",
+    )
 
     prediction_log_buffer: int = Field(default=10_000, ge=1, description="Rows held in memory.")
     prediction_log_buffer_bytes: int = Field(
@@ -508,6 +530,14 @@ class Settings(BaseSettings):
     def prediction_log_spool(self) -> Path:
         """Where log rows go when the memory buffer is full or the database is gone at shutdown."""
         return self.var_dir / "prediction-log-spool.jsonl"
+
+    @property
+    def model_concurrency(self) -> int:
+        """Inference threads one model may use at once, unless the model says fewer (or an
+        administrator gave it more, up to every thread)."""
+        if self.inference_max_concurrency is not None:
+            return min(self.inference_max_concurrency, self.inference_pool_threads)
+        return max(1, self.inference_pool_threads // 2)
 
 
 def load_settings(**overrides: object) -> Settings:
