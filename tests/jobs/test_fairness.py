@@ -161,8 +161,7 @@ def _train(client: TestClient, headers: dict[str, str], model: str, body: dict[s
 
 def _statuses(client: TestClient, headers: dict[str, str], job_ids: list[str]) -> list[str]:
     return [
-        client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()["status"]
-        for job_id in job_ids
+        client.get(f"/api/v1/jobs/{job_id}", headers=headers).json()["status"] for job_id in job_ids
     ]
 
 

@@ -26,11 +26,13 @@ _ONE_THREAD = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-_ADVICE = "lower n_estimators or max_depth (or max_iter), raise min_samples_leaf, or train on fewer rows"
+_ADVICE = (
+    "lower n_estimators or max_depth (or max_iter), raise min_samples_leaf, or train on fewer rows"
+)
 
 
 def _size(n: float) -> str:
-    return f"{n / 1_048_576:,.0f} MB"
+    return f"{n / 1_048_576:,.1f} MB" if n >= 1_048_576 else f"{n / 1024:,.0f} KB"
 
 
 async def train_in_child(
@@ -86,12 +88,15 @@ async def _result(
         tail = errors.decode("utf-8", "replace")[-2000:]
         if returncode is not None and returncode < 0:  # killed by a signal: a failed
             # allocation that aborted, or the kernel's out-of-memory killer
-            logger.warning("training process killed", extra={"signal": -returncode, "internal": tail})
+            logger.warning(
+                "training process killed", extra={"signal": -returncode, "internal": tail}
+            )
             raise PermanentJobError(memory)
         raise ModelportError(
             "training failed on an internal error; the server log has the details",
             internal=f"training process exited with {returncode}: {tail}",
         )
+    # Written by our own child process, never by a caller: its data is numbers it was given.
     outcome = await anyio.to_thread.run_sync(pickle.loads, output)
     kind = outcome[0]
     if kind == "ok":

@@ -85,9 +85,7 @@ class TrainingService:
         self.runner.notify()
         return job, dataset
 
-    def _check_cost(
-        self, algorithm: str, params: dict[str, Any], rows: int, features: int
-    ) -> None:
+    def _check_cost(self, algorithm: str, params: dict[str, Any], rows: int, features: int) -> None:
         """Refuse, before it is queued, a job that would run for many minutes (and take the
         memory and disk its trees need): its cost is known from its size and parameters."""
         refusal = budget.over_budget_message(
