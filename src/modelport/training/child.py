@@ -5,6 +5,7 @@ feature and target arrays and the limits. This process loads the libraries, then
 address space (RLIMIT_AS) at what they take plus the memory limit, fits the model, checks the
 artifact size and prepares the version exactly as an upload is prepared (skops file in,
 converted to ONNX and verified). It writes one pickled outcome on its original stdout:
+a ready mark once the libraries are loaded (the job's time limit runs from there), then
 ``("ok", prepared, metrics)``, or ``(kind, message)`` for a failure the user should read.
 """
 
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+READY = b"R"  # training.isolation.READY
 
 
 class ArtifactTooLarge(Exception):
@@ -94,12 +96,14 @@ def train_and_prepare(
     return prepared, trained.metrics
 
 
-def _outcome(request: dict[str, Any]) -> tuple[Any, ...]:
+def _outcome(request: dict[str, Any], result: BinaryIO) -> tuple[Any, ...]:
     from modelport.errors import ModelportError, public_text
 
     try:
         _load_libraries()
         _cap_memory(request["memory_limit_bytes"])
+        result.write(READY)  # the job's time limit runs from here
+        result.flush()
         prepared, metrics = train_and_prepare(
             request["spec"], request["features"], request["target"], request["max_artifact_bytes"]
         )
@@ -121,7 +125,7 @@ def main() -> None:
     os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result
     request = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by the server that started us
     _die_with_parent(request["parent_pid"])
-    outcome = _outcome(request)
+    outcome = _outcome(request, result)
     del request
     pickle.dump(outcome, result, protocol=pickle.HIGHEST_PROTOCOL)
     result.flush()

@@ -5,6 +5,7 @@ can act on why it stopped. The child is killed when its time is up, when the job
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -20,6 +21,8 @@ from modelport.training.budget import TrainingLimits
 
 logger = logging.getLogger(__name__)
 CHILD_MODULE = "modelport.training.child"
+READY = b"R"  # the child's first byte: libraries loaded, memory capped, training starts
+STARTUP_SECONDS = 120.0
 # One core per training: the other cores keep serving predictions.
 _ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
@@ -61,10 +64,31 @@ async def train_in_child(
         env={**os.environ, **_ONE_THREAD},
         start_new_session=True,  # a terminal's Ctrl-C reaches the server, which ends it
     )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    errors = asyncio.ensure_future(process.stderr.read())  # drained all along: never blocks it
+    started, output = False, b""
     try:
-        async with asyncio.timeout(limits.time_limit_seconds):
-            output, errors = await process.communicate(request)
+        # Starting Python and loading the libraries is not the job's time: on a busy server it
+        # can take seconds. It has a bound of its own.
+        async with asyncio.timeout(STARTUP_SECONDS):
+            process.stdin.write(request)
+            await process.stdin.drain()
+            process.stdin.close()
+            first = await process.stdout.read(1)
+            started = first == READY
+            if not started:  # it failed before training (its outcome follows) or died
+                output = first + await process.stdout.read()
+                await process.wait()
+        if started:
+            async with asyncio.timeout(limits.time_limit_seconds):
+                output = await process.stdout.read()
+                await process.wait()
     except TimeoutError:
+        if not started:
+            raise ModelportError(
+                "the training process did not start in time; the server is busy, try again",
+                internal=f"no ready mark from the training process in {STARTUP_SECONDS} s",
+            ) from None
         raise PermanentJobError(
             f"training stopped after {limits.time_limit_seconds:g} s, the time limit per job "
             f"(MODELPORT_TRAINING_TIME_LIMIT_SECONDS): {_ADVICE}"
@@ -73,7 +97,11 @@ async def train_in_child(
         if process.returncode is None:  # timed out or cancelled: it must not run on
             process.kill()
             await process.wait()
-    return await _result(process.returncode, output, errors, limits)
+    error_text = b""
+    with contextlib.suppress(TimeoutError):  # it has exited: its stderr ends now
+        async with asyncio.timeout(5):
+            error_text = await errors
+    return await _result(process.returncode, output, error_text, limits)
 
 
 async def _result(

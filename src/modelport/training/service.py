@@ -51,10 +51,7 @@ class TrainingService:
         transaction: an accepted job always has its data)."""
         management.check_name(model_name, "model name", management.NAME_PATTERN)
         task = algorithms.task_for(request.algorithm, request.task)
-        try:
-            params = algorithms.check_params(request.algorithm, dict(request.params))
-        except ValueError as exc:
-            raise _invalid(str(exc), "params") from None
+        params = dict(request.params)  # checked against the algorithm's bounds by the schema
         if upload is not None or request.X is not None:  # refused before its rows are stored
             rows = len(upload.rows) if upload is not None else len(request.X or [])
             width = len(upload.columns) - 1 if upload is not None else len((request.X or [[]])[0])
