@@ -59,15 +59,18 @@ class JobRunner:
         kind: str,
         handler: Handler,
         on_give_up: GiveUpHook | None = None,
-        lane: str = "default",
+        lane: str | None = None,
     ) -> None:
-        """Run ``handler`` for jobs of ``kind`` in ``lane``; ``on_give_up`` (kept when a later
-        call omits it) lets the owner of the work record that it will never be done."""
+        """Run ``handler`` for jobs of ``kind`` in ``lane`` ("default" at first); ``on_give_up``
+        and ``lane`` (kept when a later call omits them) let the owner of the work record that
+        it will never be done, and keep long kinds from holding up quick ones."""
         self._handlers[kind] = handler
-        for kinds in self._lanes.values():
-            if kind in kinds:
-                kinds.remove(kind)
-        self._lanes.setdefault(lane, []).append(kind)
+        current = next((name for name, kinds in self._lanes.items() if kind in kinds), None)
+        lane = lane or current or "default"
+        if current != lane:
+            if current is not None:
+                self._lanes[current].remove(kind)
+            self._lanes.setdefault(lane, []).append(kind)
         self._wakes.setdefault(lane, asyncio.Event())
         if on_give_up is not None:
             self._give_up_hooks[kind] = on_give_up
