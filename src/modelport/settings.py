@@ -353,7 +353,8 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         le=86_400,
-        description="Wall time of one training job's process; then it is killed and the job fails.",
+        description="Wall time of one training, from when its process has loaded its "
+        "libraries; then the process is killed and the job fails.",
     )
     training_memory_limit_bytes: int = Field(
         default=2 * 1024**3,
