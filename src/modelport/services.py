@@ -35,6 +35,7 @@ from modelport.serving.service import PredictionService
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from modelport.storage.protocol import ArtifactStore
+from modelport.training.budget import TrainingLimits
 from modelport.training.service import TRAIN_JOB, TrainingService
 
 logger = logging.getLogger(__name__)
@@ -144,14 +145,28 @@ class Services:
             session_factory,
             poll_seconds=settings.job_poll_seconds,
             lease_seconds=settings.job_lease_seconds,
+            jobs_per_owner=settings.jobs_per_owner,
         )
         images = ImageService(
             session_factory, store, resolver, models, log, runner, settings.max_image_pixels
         )
-        # Each job kind is registered here, once, by the part that assembles the process.
-        runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
-        training = TrainingService(session_factory, store, runner)
-        runner.register(TRAIN_JOB, training.handle_job)
+        # Each job kind is registered here, once, by the part that assembles the process; each
+        # lane runs its own jobs, so a photo is never classified behind a training.
+        runner.register(
+            CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up, lane="images"
+        )
+        training = TrainingService(
+            session_factory,
+            store,
+            runner,
+            TrainingLimits(
+                max_cost=settings.training_max_cost,
+                time_limit_seconds=settings.training_time_limit_seconds,
+                memory_limit_bytes=settings.training_memory_limit_bytes,
+                max_artifact_bytes=settings.training_max_artifact_bytes,
+            ),
+        )
+        runner.register(TRAIN_JOB, training.handle_job, lane="training")
         limiter = build_limiter(settings, redis)
         key_usage = KeyUsageRecorder(session_factory)
         callers = Callers(session_factory, settings.auth_cache_seconds)

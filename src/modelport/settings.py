@@ -367,6 +367,40 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(default=1.0, gt=0)
     job_lease_seconds: float = Field(default=300.0, gt=0)
 
+    # Training budgets: what one training job may cost, and how jobs share the runners.
+    training_max_cost: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Largest estimated cost of one training job, checked when it is submitted: "
+        "rows x trees x depth for forests and boosting, rows x max_iter for logistic "
+        "regression, rows x features for linear models (about a minute of one core).",
+    )
+    training_time_limit_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Wall time of one training, from when its process has loaded its "
+        "libraries; then the process is killed and the job fails.",
+    )
+    training_memory_limit_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=64 * 1024**2,
+        description="Address space one training may take beyond its loaded libraries "
+        "(RLIMIT_AS of its process); past it the job fails.",
+    )
+    training_max_artifact_bytes: int = Field(
+        default=100 * 1_048_576,
+        ge=1024,
+        description="Largest model a training job may write; a larger one fails the job.",
+    )
+    jobs_per_owner: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Jobs of one kind lane (training, images) one account may have running at "
+        "once across all workers; the others wait while other accounts' jobs run.",
+    )
+
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
