@@ -80,8 +80,10 @@ def create_app(settings: Settings) -> FastAPI:
         trusted_proxies=TrustedProxies(
             parse_networks(settings.trusted_proxies), settings.proxy_header
         ),
+        max_header_count=settings.max_header_count,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, settings.max_validation_errors)
     for router in (
         # Prediction routes first: a request is matched against the routes in this order, and
         # predictions are most of the traffic. No other route matches their paths.

@@ -88,6 +88,7 @@ def serve(
     import uvicorn
 
     from modelport.db.migrate import upgrade
+    from modelport.http.protocol import ConnectionLimits, limited_protocol
     from modelport.monitoring.logs import configure_logging
     from modelport.workers import shared_run_dir
 
@@ -113,6 +114,15 @@ def serve(
             # reaches it.
             proxy_headers=False,
             timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
+            # uvicorn's httptools protocol with limits on connections and request heads.
+            http=limited_protocol(
+                ConnectionLimits(
+                    max_connections=settings.max_connections,
+                    max_header_count=settings.max_header_count,
+                    max_header_bytes=settings.max_header_bytes,
+                    header_timeout_seconds=settings.header_timeout_seconds,
+                )
+            ),
         )
 
 

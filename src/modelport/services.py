@@ -27,7 +27,7 @@ from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Limiter
 from modelport.ratelimit.factory import build_limiter
 from modelport.registry import service as registry
-from modelport.registry.management import RegistryManager
+from modelport.registry.management import LimitBounds, RegistryManager
 from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.serving.model_cache import ModelCache
 from modelport.serving.resolver import VersionResolver
@@ -35,6 +35,7 @@ from modelport.serving.service import PredictionService
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from modelport.storage.protocol import ArtifactStore
+from modelport.training.budget import TrainingLimits
 from modelport.training.service import TRAIN_JOB, TrainingService
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+        )
         session_factory = create_session_factory(engine)
         store = open_artifact_store(settings)
         models = ModelCache(
@@ -82,7 +87,18 @@ class Services:
         changes = ChangeHub()
         changes.subscribe(lambda change: resolver.forget(change))
         manager = RegistryManager(
-            session_factory, store, changes, allow_pickle=settings.allow_pickle
+            session_factory,
+            store,
+            changes,
+            allow_pickle=settings.allow_pickle,
+            limit_bounds=LimitBounds(
+                timeout_default=settings.inference_timeout_seconds,
+                timeout_max=max(
+                    settings.inference_timeout_seconds, settings.inference_timeout_max_seconds
+                ),
+                concurrency_default=settings.model_concurrency,
+                concurrency_max=settings.inference_pool_threads,
+            ),
         )
         log = PredictionLogWriter(
             session_factory,
@@ -99,6 +115,8 @@ class Services:
                 max_batch_size=settings.max_batch_size,
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
                 max_queue=settings.max_queue_depth,
+                run_seconds=settings.inference_timeout_seconds,
+                max_concurrency=settings.model_concurrency,
             ),
             pool_threads=settings.inference_pool_threads,
         )
@@ -127,14 +145,28 @@ class Services:
             session_factory,
             poll_seconds=settings.job_poll_seconds,
             lease_seconds=settings.job_lease_seconds,
+            jobs_per_owner=settings.jobs_per_owner,
         )
         images = ImageService(
             session_factory, store, resolver, models, log, runner, settings.max_image_pixels
         )
-        # Each job kind is registered here, once, by the part that assembles the process.
-        runner.register(CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up)
-        training = TrainingService(session_factory, store, runner)
-        runner.register(TRAIN_JOB, training.handle_job)
+        # Each job kind is registered here, once, by the part that assembles the process; each
+        # lane runs its own jobs, so a photo is never classified behind a training.
+        runner.register(
+            CLASSIFY_JOB, images.handle_job, on_give_up=images.job_given_up, lane="images"
+        )
+        training = TrainingService(
+            session_factory,
+            store,
+            runner,
+            TrainingLimits(
+                max_cost=settings.training_max_cost,
+                time_limit_seconds=settings.training_time_limit_seconds,
+                memory_limit_bytes=settings.training_memory_limit_bytes,
+                max_artifact_bytes=settings.training_max_artifact_bytes,
+            ),
+        )
+        runner.register(TRAIN_JOB, training.handle_job, lane="training")
         limiter = build_limiter(settings, redis)
         key_usage = KeyUsageRecorder(session_factory)
         callers = Callers(session_factory, settings.auth_cache_seconds)
@@ -194,6 +226,7 @@ class Services:
         if self.change_bridge is not None:
             self.change_bridge.start()
         self.prediction_log.start()
+        self.predictions.batcher.wind_down_on_signals()
         self.key_usage.start()
         self.limiter.start()
         if self.settings.run_jobs:

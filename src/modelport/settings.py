@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr(""), description="SQLAlchemy URL; SQLite under var/ if empty."
     )
+    # PostgreSQL connections per worker process: replicas x workers x (pool + overflow) must stay
+    # under the server's max_connections (100 by default).
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=10, ge=0, le=1000)
     artifact_store: str = Field(
         default="", description="file:///abs/path or s3://bucket/prefix; var/artifacts if empty."
     )
@@ -213,6 +217,28 @@ class Settings(BaseSettings):
         le=3600,
         description="Deadline of a prediction; X-Request-Timeout "
         "may ask for less. Requests still waiting for the model then get 504.",
+    )
+    # Inference limits (runaway models): a run past its time is stopped, and one model may use
+    # only some of the inference threads.
+    inference_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Longest one model run may take; ONNX runs are stopped then (504). A model's "
+        "own limit may be lower, or higher up to MODELPORT_INFERENCE_TIMEOUT_MAX_SECONDS.",
+    )
+    inference_timeout_max_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Most a model's own time limit may be (set by an administrator).",
+    )
+    inference_max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Inference threads one model may use at once; more requests wait in its "
+        "queue. Default: half the inference threads (at least 1).",
     )
 
     prediction_log_buffer: int = Field(default=10_000, ge=1, description="Rows held in memory.")
@@ -341,8 +367,75 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(default=1.0, gt=0)
     job_lease_seconds: float = Field(default=300.0, gt=0)
 
+    # Training budgets: what one training job may cost, and how jobs share the runners.
+    training_max_cost: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Largest estimated cost of one training job, checked when it is submitted: "
+        "rows x trees x depth for forests and boosting, rows x max_iter for logistic "
+        "regression, rows x features for linear models (about a minute of one core).",
+    )
+    training_time_limit_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="Wall time of one training, from when its process has loaded its "
+        "libraries; then the process is killed and the job fails.",
+    )
+    training_memory_limit_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=64 * 1024**2,
+        description="Address space one training may take beyond its loaded libraries "
+        "(RLIMIT_AS of its process); past it the job fails.",
+    )
+    training_max_artifact_bytes: int = Field(
+        default=100 * 1_048_576,
+        ge=1024,
+        description="Largest model a training job may write; a larger one fails the job.",
+    )
+    jobs_per_owner: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Jobs of one kind lane (training, images) one account may have running at "
+        "once across all workers; the others wait while other accounts' jobs run.",
+    )
+
     cors_allow_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+
+    # HTTP limits (per worker process): what one connection may cost before its app runs.
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Open connections per worker; more are answered 503 and closed at once.",
+    )
+    max_header_count: int = Field(
+        default=100, ge=8, le=10_000, description="Headers in one request; more get 431."
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=4096,
+        le=16 * 1_048_576,
+        description="Request line plus headers; larger heads get 431 before they are read whole.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="From a connection (or a request's first byte) to its last header; "
+        "slower requests get 408 and are closed.",
+    )
+    body_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Longest wait for the next piece of a request body; then 408 and closed.",
+    )
+    max_validation_errors: int = Field(
+        default=20, ge=1, le=1000, description="Errors listed in one 422; the rest are counted."
     )
 
     @field_validator("log_level", mode="before")
@@ -471,6 +564,14 @@ class Settings(BaseSettings):
     def prediction_log_spool(self) -> Path:
         """Where log rows go when the memory buffer is full or the database is gone at shutdown."""
         return self.var_dir / "prediction-log-spool.jsonl"
+
+    @property
+    def model_concurrency(self) -> int:
+        """Inference threads one model may use at once, unless the model says fewer (or an
+        administrator gave it more, up to every thread)."""
+        if self.inference_max_concurrency is not None:
+            return min(self.inference_max_concurrency, self.inference_pool_threads)
+        return max(1, self.inference_pool_threads // 2)
 
 
 def load_settings(**overrides: object) -> Settings:

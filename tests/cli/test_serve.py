@@ -20,54 +20,25 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
-from modelport.db.migrate import upgrade
-from modelport.settings import Settings
 from modelport.workers import usable_cores
-from tests.helpers import METRICS_TOKEN, OPERATOR, WINE_ROW, register_trained
-from tests.system.processes import (
+from tests.cli.support import (
     STARTUP_DEADLINE_SECONDS,
     Server,
-    environment,
     free_port,
+    make_wine_home,
+    serve_processes,
 )
+from tests.helpers import OPERATOR, WINE_ROW
 
 
 @pytest.fixture
 def wine_home(tmp_path: Path, trained_wine: TrainedWine) -> Path:
-    """A var dir whose SQLite registry holds the wine model as production v1."""
-    var = tmp_path / "var"
-    settings = Settings(
-        var_dir=var,
-        database_url=f"sqlite+aiosqlite:///{var / 'modelport.db'}",
-        artifact_store=(var / "artifacts").as_uri(),
-    )
-    var.mkdir()
-    upgrade(settings.database_url)
-    register_trained(settings, trained_wine)
-    return var
+    return make_wine_home(tmp_path / "var", trained_wine)
 
 
 @pytest.fixture
 def start_server(tmp_path: Path, wine_home: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(*args: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
-        env = environment(
-            MODELPORT_VAR_DIR=str(wine_home),
-            MODELPORT_LOG_FORMAT="text",
-            # Only the shutdown flush can write the log rows within this test.
-            MODELPORT_PREDICTION_LOG_FLUSH_SECONDS="3600",
-            MODELPORT_METRICS_TOKEN=METRICS_TOKEN,  # which models are loaded is for operators
-        )
-        env.update(extra_env or {})
-        log_path = tmp_path / f"serve-{len(servers)}.log"
-        server = Server.launch(list(args), port=port, cwd=tmp_path, env=env, log_path=log_path)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
+    yield from serve_processes(tmp_path, wine_home)
 
 
 def logged_predictions(var: Path) -> list[tuple[str, str, str | None, str]]:

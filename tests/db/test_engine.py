@@ -94,3 +94,29 @@ def test_an_unusable_database_is_reported_unreachable(backend: str, tmp_path: Pa
         else f"postgresql+asyncpg://postgres@127.0.0.1:{_closed_port()}/test"
     )
     assert run(_reachable(url)) is False
+
+
+def test_the_pool_holds_no_more_connections_than_configured(postgres_url: str) -> None:
+    # Replicas x workers x (pool + overflow) must fit the server's max_connections: the settings
+    # decide how many connections one process may open, and a burst past them waits its turn.
+    async def burst() -> int:
+        engine = create_engine(postgres_url, pool_size=2, max_overflow=1)
+        opened = 0
+        most = 0
+
+        async def hold() -> None:
+            nonlocal opened, most
+            async with engine.connect() as connection:
+                opened += 1
+                most = max(most, opened)
+                await connection.execute(select(1))
+                await asyncio.sleep(0.05)
+                opened -= 1
+
+        try:
+            await asyncio.gather(*(hold() for _ in range(12)))
+        finally:
+            await engine.dispose()
+        return most
+
+    assert run(burst()) == 3  # two pooled plus one overflow, while all twelve were served

@@ -6,6 +6,9 @@ so the session database other tests use stays migrated at head and empty.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +125,20 @@ def test_upgrading_twice_changes_nothing(empty_database_url: str) -> None:
     upgrade(empty_database_url)
 
     assert _inspect(empty_database_url, _schema_differences) == []
+
+
+def test_replicas_migrating_at_once_take_turns(scratch_postgres_url: str, tmp_path: Path) -> None:
+    # Three replicas starting together against an empty database: each runs the migrations, one
+    # builds the schema and the others find it at head; none fails on a half-built table.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+    env |= {"MODELPORT_DATABASE_URL": scratch_postgres_url, "MODELPORT_VAR_DIR": str(tmp_path)}
+    command = [str(Path(sys.executable).with_name("modelport")), "db", "upgrade"]
+    replicas = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(3)
+    ]
+    outputs = [replica.communicate(timeout=120)[0].decode() for replica in replicas]
+
+    assert [replica.returncode for replica in replicas] == [0, 0, 0], "\n".join(outputs)
+    assert _inspect(scratch_postgres_url, _schema_differences) == []
+    assert _inspect(scratch_postgres_url, _current_revision) == _head()

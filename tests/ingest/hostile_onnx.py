@@ -286,3 +286,39 @@ def plant_secrets(root: Path) -> tuple[Path, dict[str, str]]:
         "dot-dot-inside": "var/../var/jwt-secret",
         "dot-dot-outside": "../outside-secret",
     }
+
+
+def endless_loop(n_features: int, trips_per_unit: int = 10**10) -> bytes:
+    """A Loop whose trip count comes from the input (the first row's first feature times
+    ``trips_per_unit``), so no check of the file can tell how long it runs: about 10^10
+    iterations for a wine row. Each iteration adds 1 to a counter; the answer is the count on
+    every row. Well under 1 KB."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node("Add", ["count_in", "one"], ["count_out"]),
+        ],
+        "count",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_in", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_out", TensorProto.FLOAT, [1]),
+        ],
+        initializer=[numpy_helper.from_array(np.ones(1, np.float32), "one")],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["features"], ["largest"], keepdims=0),
+        helper.make_node("Cast", ["largest"], ["units"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["units", "per_unit"], ["trips"]),
+        _true("condition"),
+        helper.make_node("Loop", ["trips", "condition", "start"], [LEAKED], body=body),
+    ]
+    initializer = [
+        numpy_helper.from_array(np.array(trips_per_unit, np.int64), "per_unit"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "start"),
+    ]
+    return bytes(_model(nodes, n_features, initializer).SerializeToString())

@@ -38,12 +38,13 @@ async def enqueue(
     count: int = 1,
     kind: str = KIND,
     max_attempts: int = 3,
+    owner_id: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
     ids = []
     async with factory() as session:
         for number in range(count):
             job = await service.enqueue(
-                session, kind, {"number": number}, max_attempts=max_attempts
+                session, kind, {"number": number}, owner_id=owner_id, max_attempts=max_attempts
             )
             ids.append(job.id)
         await session.commit()
@@ -62,9 +63,10 @@ async def lease(
     worker: str,
     duration: timedelta = LONG_LEASE,
     kinds: tuple[str, ...] = (KIND,),
+    per_owner: int | None = None,
 ) -> Job | None:
     async with factory() as session:
-        return await service.lease_next(session, worker, list(kinds), duration)
+        return await service.lease_next(session, worker, list(kinds), duration, per_owner)
 
 
 async def finish(

@@ -58,6 +58,18 @@ def test_a_serving_app_is_live_and_ready(client: TestClient) -> None:
     assert ready.json()["status"] == "ok"
 
 
+def test_readiness_reports_how_busy_inference_is(client: TestClient) -> None:
+    """Saturation itself is shown under attack in tests/serving/test_inference_limits.py."""
+    ready = client.get("/health/ready").json()["components"]["inference"]
+    detail = client.get("/health", headers=OPERATOR).json()["components"]["inference"]
+
+    assert (ready["status"], ready["required"], ready["detail"]) == ("up", False, {})
+    assert detail["detail"]["busy"] == 0
+    assert detail["detail"]["stuck"] == 0
+    assert detail["detail"]["threads"] >= 1
+    assert "waiting" in detail["detail"]
+
+
 @pytest.fixture
 def empty_registry_client(settings: Settings) -> Iterator[TestClient]:
     """An app whose registry holds no model at all."""

@@ -41,7 +41,7 @@ from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from tests.monitoring.tcp_proxy import TcpProxy
 from tests.storage.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
-from tests.system.processes import Server, environment, free_port
+from tests.system.processes import Server, environment, free_port, kill, launch, running
 
 WINE = "wine-quality"
 METRICS_TOKEN = "metrics-token-for-the-system-tests-0123456789"
@@ -277,7 +277,7 @@ class System:
     def stop(self) -> None:
         for server in self.processes.values():
             with contextlib.suppress(Exception):
-                server.kill()
+                kill(server)
         self.proxy.stop()
         self.redis.stop()
         self.s3.stop()
@@ -337,7 +337,7 @@ class System:
     def launch(self, name: str) -> Server:
         """Start (or start again) process ``name`` on its port and var dir; not yet ready."""
         (self.root / name).mkdir(exist_ok=True)
-        server = Server.launch(
+        server = launch(
             [],
             port=self.ports[name],
             cwd=self.root,
@@ -353,7 +353,7 @@ class System:
         if settings:
             self.overrides.setdefault(name, {}).update(settings)
         previous = self.processes.get(name)
-        if previous is not None and previous.running:
+        if previous is not None and running(previous):
             previous.terminate()
         server = self.launch(name)
         server.wait_until_ready()

@@ -17,6 +17,7 @@ import pytest
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine, read_wine_csv
 from tests.conftest import POSTGRES_URL
 from tests.system.harness import Load, LoadReport, System, running_system, wait_for
+from tests.system.processes import kill
 
 LOG_ROWS_DEADLINE = 60.0  # a hang guard: spooled rows are replayed within seconds
 
@@ -223,7 +224,7 @@ def test_a_runner_killed_mid_job_is_released_and_the_job_runs_exactly_once(
 
     wait_for(lambda: job()["status"] == "running", 30, "the runner leasing the job")
     time.sleep(1.0)  # well into the training
-    system.runner.kill()  # SIGKILL: no shutdown, the lease is left to run out
+    kill(system.runner)  # SIGKILL: no shutdown, the lease is left to run out
     killed_at = time.monotonic()
     assert job()["status"] == "running"
     system.restart("runner")

@@ -35,8 +35,11 @@ def is_sqlite(url: str | SecretStr) -> bool:
     return plain_url(url).startswith("sqlite")
 
 
-def create_engine(url: str | SecretStr) -> AsyncEngine:
-    """Engine tuned per backend: WAL + busy timeout on SQLite, short connect timeout elsewhere."""
+def create_engine(
+    url: str | SecretStr, *, pool_size: int = 10, max_overflow: int = 10
+) -> AsyncEngine:
+    """Engine tuned per backend: WAL + busy timeout on SQLite, short connect timeout elsewhere
+    (with a pool of ``pool_size`` connections, plus ``max_overflow`` under bursts)."""
     url = plain_url(url)
     if is_sqlite(url):
         engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -44,7 +47,11 @@ def create_engine(url: str | SecretStr) -> AsyncEngine:
         return engine
     connect_args: dict[str, Any] = {"timeout": 5, "command_timeout": 30}
     engine = create_async_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "handle_error", _nul_is_bad_input)
     return engine

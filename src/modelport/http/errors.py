@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
-from modelport.errors import ModelportError, ServiceUnavailableError
+from modelport.errors import InvalidInputError, ModelportError, ServiceUnavailableError
 from modelport.http.middleware import (
     BodyTooLargeError,
     internal_error_detail,
@@ -29,16 +29,77 @@ logger = logging.getLogger(__name__)
 
 # Validation errors echo the offending value; never for fields that hold secrets.
 _SECRET_FIELDS = {"password", "refresh_token", "access_token", "key", "token", "jwt_secret"}
+# What a 422 echoes of the request is kept short: a long string is cut, a large object or
+# list is left out (one 60,000-key row would otherwise come back whole in every error).
+_ECHO_CHARS = 100
+_ECHO_ITEMS = 8
+_ECHO_DEPTH = 2
+_MESSAGE_CHARS = 500
+_LEFT_OUT = object()
 
 
-def _without_secrets(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    cleaned = []
-    for error in errors:
-        error = {k: v for k, v in dict(error).items() if k not in ("url", "ctx")}
-        if _SECRET_FIELDS & {str(part) for part in error.get("loc", ())}:
-            error.pop("input", None)
-        cleaned.append(error)
-    return cleaned
+def _cut(text: str, limit: int = _ECHO_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _echo(value: Any, depth: int = 0) -> Any:
+    """``value`` short enough to send back, or ``_LEFT_OUT``."""
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else _cut(str(value))
+    if isinstance(value, str):
+        return _cut(value)
+    if isinstance(value, (bytes, bytearray)):
+        return _cut(bytes(value).decode("utf-8", "replace"))
+    if depth >= _ECHO_DEPTH or not isinstance(value, (list, tuple, dict)):
+        return _LEFT_OUT
+    if len(value) > _ECHO_ITEMS:
+        return _LEFT_OUT
+    if isinstance(value, dict):
+        items = {_cut(str(k)): _echo(v, depth + 1) for k, v in value.items()}
+        return _LEFT_OUT if _LEFT_OUT in items.values() else items
+    shown = [_echo(v, depth + 1) for v in value]
+    return _LEFT_OUT if any(v is _LEFT_OUT for v in shown) else shown
+
+
+def omitted_errors(count: int) -> dict[str, Any]:
+    """The last entry of a list of errors cut short: says how many more there were."""
+    return {
+        "loc": ["body"],
+        "msg": f"{count} more errors not shown; fix these and send again to see them",
+        "type": "too_many_errors",
+        "omitted": count,
+    }
+
+
+def shown_errors(errors: Sequence[Any], limit: int) -> list[dict[str, Any]]:
+    """At most ``limit`` errors, each with a short echo of its input (none for secrets or large
+    values), then one entry counting the rest."""
+    shown: list[dict[str, Any]] = []
+    omitted = 0
+    for raw in errors:
+        error = dict(raw)
+        if error.get("type") == "too_many_errors":  # already cut short where it was made
+            omitted += int(error.get("omitted") or 0)
+            continue
+        if len(shown) >= limit:
+            omitted += 1
+            continue
+        loc = [part if isinstance(part, int) else _cut(str(part)) for part in error.get("loc", ())]
+        cleaned: dict[str, Any] = {
+            "loc": loc,
+            "msg": _cut(str(error.get("msg", "")), _MESSAGE_CHARS),
+            "type": error.get("type", "value_error"),
+        }
+        if "input" in error and not _SECRET_FIELDS & {str(part) for part in loc}:
+            echoed = _echo(error["input"])
+            if echoed is not _LEFT_OUT:
+                cleaned["input"] = echoed
+        shown.append(cleaned)
+    if omitted:
+        shown.append(omitted_errors(omitted))
+    return shown
 
 
 def request_id_of(request: Request) -> str:
@@ -86,15 +147,18 @@ def _database_unreachable(exc: Exception) -> bool:
     return isinstance(exc, _CONNECTION_ERRORS)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, max_validation_errors: int = 20) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(request, _without_secrets(exc.errors()), 422)
+        return error_response(request, shown_errors(exc.errors(), max_validation_errors), 422)
 
     @app.exception_handler(ModelportError)
     async def _modelport_error(request: Request, exc: ModelportError) -> JSONResponse:
         log_failure(exc)
-        return error_response(request, exc.detail(), exc.status_code, exc.headers)
+        detail = exc.detail()
+        if isinstance(exc, InvalidInputError):
+            detail = shown_errors(detail, max_validation_errors)
+        return error_response(request, detail, exc.status_code, exc.headers)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(ConnectionError)

@@ -1,10 +1,11 @@
-"""The one pure-ASGI middleware every request passes: client address, request id, body size
-limit, timing, the headers every response carries (security hardening, the caller's rate-limit
-state), access log. One layer instead of several: each layer is another coroutine and another
-``send`` wrapper on every request."""
+"""The one pure-ASGI middleware every request passes: client address, request id, header count
+and body size limits, body read timeout, timing, the headers every response carries (security
+hardening, the caller's rate-limit state), access log. One layer instead of several: each
+layer is another coroutine and another ``send`` wrapper on every request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -33,6 +34,22 @@ class BodyTooLargeError(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is larger than {limit} bytes")
         self.limit = limit
+
+
+class BodyTimeoutError(HTTPException):
+    """Raised from ``receive`` when the next piece of the body is late: the caller is too slow
+    (or stalls on purpose), and the connection is closed rather than held."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, body_timeout_message(seconds), headers={"Connection": "close"})
+
+
+def body_timeout_message(seconds: float) -> str:
+    return f"the request body stopped arriving for {seconds:g} seconds; send it without pauses"
+
+
+def too_many_headers_message(limit: int) -> str:
+    return f"the request has more than {limit} headers"
 
 
 def _new_request_id() -> str:
@@ -88,8 +105,14 @@ class RequestContextMiddleware:
         max_upload_bytes: int | None = None,
         max_model_upload_bytes: int | None = None,
         trusted_proxies: TrustedProxies | None = None,
+        max_header_count: int | None = None,
+        body_timeout_seconds: float | None = None,
     ) -> None:
         self.app = app
+        # `modelport serve` refuses too many headers before the app runs; this check is for
+        # any other server the app is run under.
+        self.max_header_count = max_header_count
+        self.body_timeout_seconds = body_timeout_seconds
         self.max_json_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes or max_body_bytes
         self.max_model_upload_bytes = max_model_upload_bytes or self.max_upload_bytes
@@ -135,6 +158,14 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         status = 500
 
+        if self.max_header_count is not None and len(scope["headers"]) > self.max_header_count:
+            status = 431
+            detail = too_many_headers_message(self.max_header_count)
+            await self._send_json(send, 431, detail, request_id, started)
+            self._log(scope, status, started)
+            request_id_var.reset(token)
+            return
+
         declared = _declared_length(headers)
         if declared > ceiling:
             status = 413
@@ -147,22 +178,31 @@ class RequestContextMiddleware:
         received = 0
         body_done = not has_body
         response_started = False
-        too_large = False
+        refused: HTTPException | None = None  # ours to answer, whatever a body parser makes of it
         replaced = False
         hardening = hardening_for(scope["path"])
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large, body_done
+            nonlocal received, refused, body_done
             if declared > body.limit:  # refused on the first read, before any byte of it
-                too_large = True
-                raise BodyTooLargeError(body.limit)
-            message = await receive()
+                refused = BodyTooLargeError(body.limit)
+                raise refused
+            if body_done or self.body_timeout_seconds is None:
+                # Once the body is read, receive() waits for the caller to hang up: no limit.
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout(self.body_timeout_seconds):  # no extra task
+                        message = await receive()
+                except TimeoutError:
+                    refused = BodyTimeoutError(self.body_timeout_seconds)
+                    raise refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
                 if received > body.limit:
-                    too_large = True
-                    raise BodyTooLargeError(body.limit)
+                    refused = BodyTooLargeError(body.limit)
+                    raise refused
             return message
 
         async def send_with_headers(message: Message) -> None:
@@ -172,11 +212,12 @@ class RequestContextMiddleware:
             if message["type"] != "http.response.start":
                 await send(message)
                 return
-            if too_large and message["status"] != 413:
+            if refused is not None and message["status"] != refused.status_code:
                 # A body parser (FastAPI's form reading) turned our error into its own 400:
-                # the caller gets the 413 the limit means instead, and the app's answer is dropped.
-                status, response_started, replaced = 413, True, True
-                await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
+                # the caller gets the 413 or 408 the limit means instead, and the app's answer
+                # is dropped.
+                status, response_started, replaced = refused.status_code, True, True
+                await self._send_refusal(send, refused, request_id, started)
                 return
             status = message["status"]
             response_started = True
@@ -195,11 +236,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, limited_receive, send_with_headers)
-        except BodyTooLargeError:
+        except (BodyTooLargeError, BodyTimeoutError) as exc:
             if response_started:  # the app already answered; nothing more can be sent
                 raise
-            status = 413
-            await self._send_json(send, 413, too_large_detail(body.limit), request_id, started)
+            status = exc.status_code
+            await self._send_refusal(send, exc, request_id, started)
         except ClientDisconnect:
             # The caller went away before sending its whole body: nobody to answer, no bug to
             # log (499 in the access log, as nginx names it).
@@ -218,6 +259,15 @@ class RequestContextMiddleware:
             self._log(scope, status, started)
             request_id_var.reset(token)
 
+    @classmethod
+    async def _send_refusal(
+        cls, send: Send, refused: HTTPException, request_id: str, started: float
+    ) -> None:
+        detail: object = refused.detail
+        if isinstance(refused, BodyTooLargeError):
+            detail = too_large_detail(refused.limit)
+        await cls._send_json(send, refused.status_code, detail, request_id, started)
+
     @staticmethod
     async def _send_json(
         send: Send, status: int, detail: object, request_id: str, started: float
@@ -229,7 +279,7 @@ class RequestContextMiddleware:
             *_context_headers(request_id, started),
             *API_HEADERS,
         ]
-        if status == 413:  # the unread body would otherwise be taken for the next request
+        if status in (408, 413, 431):  # an unread body would be taken for the next request
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

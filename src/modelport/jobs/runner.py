@@ -1,4 +1,7 @@
-"""The background loop each server process runs: lease a job, run its handler, record it."""
+"""The background loops each server process runs: lease a job, run its handler, record it.
+
+Kinds are grouped in lanes (``register(..., lane=...)``), each with its own loop running one
+job at a time: a long job in one lane (training) never holds up another lane's (images)."""
 
 from __future__ import annotations
 
@@ -37,47 +40,69 @@ class JobRunner:
         *,
         poll_seconds: float = 0.5,
         lease_seconds: float = 300.0,
+        jobs_per_owner: int | None = None,
     ) -> None:
         self._session_factory = session_factory
         self._poll_seconds = poll_seconds
         self._lease = timedelta(seconds=lease_seconds)
         self._handlers: dict[str, Handler] = {}
         self._give_up_hooks: dict[str, GiveUpHook] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._lanes: dict[str, list[str]] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs_per_owner = jobs_per_owner
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.completed = 0
 
-    def register(self, kind: str, handler: Handler, on_give_up: GiveUpHook | None = None) -> None:
-        """Run ``handler`` for jobs of ``kind``; ``on_give_up`` (kept when a later call omits it)
-        lets the owner of the work record that it will never be done."""
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        on_give_up: GiveUpHook | None = None,
+        lane: str | None = None,
+    ) -> None:
+        """Run ``handler`` for jobs of ``kind`` in ``lane`` ("default" at first); ``on_give_up``
+        and ``lane`` (kept when a later call omits them) let the owner of the work record that
+        it will never be done, and keep long kinds from holding up quick ones."""
         self._handlers[kind] = handler
+        current = next((name for name, kinds in self._lanes.items() if kind in kinds), None)
+        lane = lane or current or "default"
+        if current != lane:
+            if current is not None:
+                self._lanes[current].remove(kind)
+            self._lanes.setdefault(lane, []).append(kind)
+        self._wakes.setdefault(lane, asyncio.Event())
         if on_give_up is not None:
             self._give_up_hooks[kind] = on_give_up
 
     def notify(self) -> None:
         """A job was just enqueued here: look now instead of at the next poll."""
-        self._wake.set()
+        for wake in self._wakes.values():
+            wake.set()
 
     def start(self) -> None:
-        if self._handlers:
-            self._task = asyncio.create_task(self._run(), name="job-runner")
+        for lane, kinds in self._lanes.items():
+            if kinds:
+                self._tasks.append(asyncio.create_task(self._run(lane), name=f"jobs-{lane}"))
 
     async def close(self) -> None:
         """Stop taking jobs. One that is running finishes or, if cut off, its lease runs out
-        and another worker (or this one after a restart) runs it again."""
-        if self._task is not None:
-            self._task.cancel()
+        and another worker (or this one after a restart) runs it again. A running job is
+        cancelled, so its handler can end what it started (a training's child process)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
 
-    async def run_once(self) -> bool:
-        """Lease and run one job; False when there was nothing to do."""
+    async def run_once(self, lane: str | None = None) -> bool:
+        """Lease and run one job (of ``lane``, or of any kind); False when there was none."""
+        kinds = self._lanes[lane] if lane is not None else list(self._handlers)
         async with self._session_factory() as session:
-            abandoned = await service.give_up_abandoned(session, list(self._handlers))
+            abandoned = await service.give_up_abandoned(session, kinds)
             job = await service.lease_next(
-                session, self.worker_id, list(self._handlers), self._lease
+                session, self.worker_id, kinds, self._lease, self._jobs_per_owner
             )
         for lost in abandoned:
             await self._give_up(lost, lost.error or "gave up")
@@ -86,10 +111,11 @@ class JobRunner:
         await self._execute(job)
         return True
 
-    async def _run(self) -> None:
+    async def _run(self, lane: str) -> None:
+        wake = self._wakes[lane]
         while True:
             try:
-                while await self.run_once():
+                while await self.run_once(lane):
                     pass
             except asyncio.CancelledError:
                 raise
@@ -97,8 +123,8 @@ class JobRunner:
                 logger.warning("job runner could not lease a job", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_seconds):
-                    await self._wake.wait()
-            self._wake.clear()
+                    await wake.wait()
+            wake.clear()
 
     async def _execute(self, job: Job) -> None:
         work = asyncio.ensure_future(self._handlers[job.kind](job))

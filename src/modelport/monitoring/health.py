@@ -4,7 +4,12 @@ for operators (the metrics token, or an administrator).
 Readiness means "can serve the models it has loaded": the database, a loaded model and (when
 rate limits fail closed) Redis are required; the artifact store and the prediction log are
 reported but not required, since loaded models keep serving and log rows are spooled while
-they are away."""
+they are away. Readiness also reports how busy inference is (every thread busy: saturated), without
+turning 503 for it: a replica that is merely busy still serves.
+
+Liveness answers on the event loop, so a loop held by some work makes the probe time out (as it
+should: nothing else is answered either); otherwise it turns 503 only when every inference
+thread is stuck far past its run's time limit, which only a restart cures."""
 
 from __future__ import annotations
 
@@ -51,6 +56,12 @@ class LoadedModels(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
+class InferenceLoad(Protocol):
+    """What health reads of the batcher (serving's): threads, busy, stuck, waiting."""
+
+    def load(self) -> dict[str, int]: ...
+
+
 @dataclass(frozen=True)
 class HealthProbes:
     """The checks kept between requests: the artifact store always, Redis when configured."""
@@ -74,6 +85,7 @@ class HealthParts:
     models: LoadedModels
     prediction_log: PredictionLogWriter
     probes: HealthProbes
+    inference: InferenceLoad | None = None
 
 
 def get_health_probes(request: Request) -> HealthProbes:
@@ -92,7 +104,14 @@ def get_health_parts(
     prediction_log: Annotated[PredictionLogWriter, Depends(get_prediction_log)],
     probes: Annotated[HealthProbes, Depends(get_health_probes)],
 ) -> HealthParts:
-    return HealthParts(engine, request.app.state.models, prediction_log, probes)
+    return HealthParts(
+        engine, request.app.state.models, prediction_log, probes, inference_load(request)
+    )
+
+
+def inference_load(request: Request) -> InferenceLoad | None:
+    predictions = getattr(request.app.state, "predictions", None)
+    return getattr(predictions, "batcher", None)
 
 
 PartsDep = Annotated[HealthParts, Depends(get_health_parts)]
@@ -127,9 +146,25 @@ async def health(parts: PartsDep, operator: IsOperator) -> HealthOut:
     return report if operator else _without_details(report)
 
 
-@router.get("/health/live", summary="Liveness: the process is running")
-async def live() -> dict[str, str]:
-    return {"status": "alive"}
+@router.get(
+    "/health/live",
+    summary="Liveness: the process can serve",
+    description="503 only when every inference thread is stuck far past its run's time limit "
+    "(a restart is the cure); a busy process is alive. A held event loop makes this time out.",
+    responses={503: {"description": "Every inference thread is stuck"}},
+)
+async def live(request: Request) -> JSONResponse:
+    inference = inference_load(request)
+    load = inference.load() if inference is not None else None
+    if load is not None and load["stuck"] >= load["threads"]:
+        return JSONResponse(
+            {
+                "status": "stuck",
+                "detail": "every inference thread is running a model far past its time limit",
+            },
+            status_code=503,
+        )
+    return JSONResponse({"status": "alive"})
 
 
 @router.get(
@@ -196,6 +231,16 @@ async def _health(parts: HealthParts) -> HealthOut:
             },
         ),
     }
+    if parts.inference is not None:
+        load = parts.inference.load()
+        components["inference"] = _component(
+            load["busy"] < load["threads"],
+            required=False,
+            impact="saturated: every inference thread is busy, so new predictions wait in line "
+            "(503 past the queue depth, 504 past their deadline); models quick enough to run "
+            "on the event loop still answer",
+            detail=load,
+        )
     store = await parts.probes.store.state()
     components["artifact_store"] = _probed(
         store,

@@ -6,6 +6,8 @@ not 403, for models the caller cannot see, so their existence is not revealed.""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -148,6 +150,39 @@ async def remove_alias(session: AsyncSession, model: Model, alias: str) -> None:
     await session.delete(existing)
 
 
+@dataclass(frozen=True)
+class LimitBounds:
+    """How far a model's own inference limits may go: up to the server's defaults for its
+    owner, up to the server's maximums for an administrator."""
+
+    timeout_default: float = 10.0
+    timeout_max: float = 60.0
+    concurrency_default: int = 1
+    concurrency_max: int = 1
+
+    def check(self, editor: Principal, limits: Mapping[str, float | int | None]) -> None:
+        timeout = limits.get("inference_timeout_seconds")
+        if timeout is not None:
+            most = self.timeout_max if editor.is_admin else self.timeout_default
+            _within(timeout, most, "inference_timeout_seconds", " s", editor.is_admin)
+        threads = limits.get("max_concurrency")
+        if threads is not None:
+            most = self.concurrency_max if editor.is_admin else self.concurrency_default
+            _within(threads, most, "max_concurrency", " threads", editor.is_admin)
+
+
+def _within(value: float, most: float, field: str, unit: str, admin: bool) -> None:
+    if value <= most:
+        return
+    who = (
+        "the server's maximum" if admin else "the server's default; an administrator may allow more"
+    )
+    message = f"{field} may be at most {most:g}{unit} ({who})"
+    raise InvalidInputError(
+        message, [{"loc": ["body", field], "msg": message, "type": "less_than_equal"}]
+    )
+
+
 # Concurrent uploads to one model may pick the same next version number; the loser's insert
 # fails on the (model, version) key and its unit of work is run again with the next number.
 VERSION_NUMBER_ATTEMPTS = 5
@@ -164,11 +199,13 @@ class RegistryManager:
         changes: ChangeHub,
         *,
         allow_pickle: bool,
+        limit_bounds: LimitBounds | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._changes = changes
         self._allow_pickle = allow_pickle
+        self._limit_bounds = limit_bounds or LimitBounds()
 
     def _announce(self, topic: Topic, model_name: str) -> None:
         self._changes.publish(Change(topic, model_name))
@@ -188,17 +225,33 @@ class RegistryManager:
         return model
 
     async def update_model(
-        self, editor: Principal, name: str, *, description: str | None, public: bool | None
+        self,
+        editor: Principal,
+        name: str,
+        *,
+        description: str | None,
+        public: bool | None,
+        limits: Mapping[str, float | int | None] | None = None,
     ) -> Model:
+        """``limits``: the model's inference limits to set (None values reset them)."""
+        limits = limits or {}
         async with self._sessions() as session:
             model = await changeable_model(session, editor, name)
+            self._limit_bounds.check(editor, limits)
             if description is not None:
                 model.description = description
             if public is not None:
                 model.public = public
+            if "inference_timeout_seconds" in limits:
+                timeout = limits["inference_timeout_seconds"]
+                model.inference_timeout_seconds = None if timeout is None else float(timeout)
+            if "max_concurrency" in limits:
+                threads = limits["max_concurrency"]
+                model.max_concurrency = None if threads is None else int(threads)
             await session.commit()
             model = await service.get_model(session, name)
-        self._announce("model", name)  # visibility is part of what the resolver remembers
+        # Visibility and limits are part of what the resolver remembers.
+        self._announce("model", name)
         return model
 
     async def delete_model(self, editor: Principal, name: str) -> None:

@@ -85,7 +85,16 @@ async def get_model(
     return ModelDetailOut.of(model, include_deleted=deleted)
 
 
-@router.patch("/{name}", response_model=ModelDetailOut, summary="Change description or visibility")
+@router.patch(
+    "/{name}",
+    response_model=ModelDetailOut,
+    summary="Change description, visibility or inference limits",
+    description="`inference_timeout_seconds` and `max_concurrency` set the model's own limits "
+    "(null: back to the server's). Owners may set them up to the server's defaults; "
+    "administrators up to the server's maximum (MODELPORT_INFERENCE_TIMEOUT_MAX_SECONDS, every "
+    "inference thread).",
+    responses={422: {"description": "A limit out of range; the message says the range"}},
+)
 async def update_model(
     name: ModelName,
     body: ModelUpdateIn,
@@ -93,7 +102,7 @@ async def update_model(
     editor: Manager,
 ) -> ModelDetailOut:
     model = await manager.update_model(
-        editor, name, description=body.description, public=body.public
+        editor, name, description=body.description, public=body.public, limits=body.limits()
     )
     return ModelDetailOut.of(model)
 

@@ -59,6 +59,12 @@ class ModelOut(BaseModel):
     deleted_at: datetime | None
     latest_version: int | None
     aliases: dict[str, int]
+    inference_timeout_seconds: float | None = Field(
+        default=None, description="The model's own time limit per run; null: the server's"
+    )
+    max_concurrency: int | None = Field(
+        default=None, description="Inference threads the model may use at once; null: the server's"
+    )
 
     @classmethod
     def of(cls, model: Model) -> ModelOut:
@@ -74,6 +80,8 @@ class ModelOut(BaseModel):
             deleted_at=model.deleted_at,
             latest_version=max(live, default=None),
             aliases={a.alias: numbers[a.version_id] for a in model.aliases},
+            inference_timeout_seconds=model.inference_timeout_seconds,
+            max_concurrency=model.max_concurrency,
         )
 
 
@@ -118,6 +126,25 @@ class ModelUpdateIn(BaseModel):
 
     description: Annotated[str | None, Field(max_length=2000)] = None
     public: bool | None = None
+    # Sent as null: back to the server's setting. Owners may lower them below the server's;
+    # administrators may raise them up to the server's maximum.
+    inference_timeout_seconds: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            le=3600,
+            description="Seconds one run of the model may take before it is stopped (504)",
+        ),
+    ] = None
+    max_concurrency: Annotated[
+        int | None,
+        Field(ge=1, le=256, description="Inference threads the model may use at once"),
+    ] = None
+
+    def limits(self) -> dict[str, float | int | None]:
+        """The inference limits the body names (a null among them resets that one)."""
+        names = ("inference_timeout_seconds", "max_concurrency")
+        return {name: getattr(self, name) for name in names if name in self.model_fields_set}
 
 
 class VersionUpdateIn(BaseModel):

@@ -34,6 +34,9 @@ class VersionRef:
     signature: Signature
     owner_id: uuid.UUID | None = None
     public: bool = True
+    # The model's own inference limits (None: the server's settings apply).
+    inference_timeout_seconds: float | None = None
+    max_concurrency: int | None = None
     size_bytes: int = 0
     # Flavor-specific serving facts (e.g. class labels, image preprocessing).
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -50,6 +53,8 @@ def _ref(model: Model, version: ModelVersion) -> VersionRef:
         signature=Signature.model_validate(version.signature),
         owner_id=model.owner_id,
         public=model.public,
+        inference_timeout_seconds=model.inference_timeout_seconds,
+        max_concurrency=model.max_concurrency,
         details=version.details,
         size_bytes=version.size_bytes,
     )

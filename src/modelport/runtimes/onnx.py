@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from modelport.errors import BadRequestError, ModelRunError
+from modelport.errors import BadRequestError, DeadlineExceededError, ModelRunError
 from modelport.ingest.safety import refuse_external_data
 
 _EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
@@ -36,10 +36,26 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
     return options
 
 
+class RunStop:
+    """Lets another thread stop a run in progress: ONNX Runtime checks the flag between nodes
+    and on every iteration of a Loop, so a run whose time is up ends within moments. Once
+    stopped, every run given this handle raises DeadlineExceededError with ``message``."""
+
+    def __init__(self) -> None:
+        self.options = ort.RunOptions()
+        self.message: str | None = None  # why it was stopped; None while it may run
+
+    def stop(self, message: str) -> None:
+        if self.message is None:
+            self.message = message
+            self.options.terminate = True
+
+
 class OnnxRuntime:
     """A loaded ONNX model with one numeric input. ``predict`` is thread-safe."""
 
     flavor = "onnx"
+    stoppable = True  # takes a RunStop: a run can be ended from another thread
 
     def __init__(self, model_bytes: bytes, intra_op_threads: int = 1) -> None:
         # Uploads are checked for external data, but a stored artifact is checked again here,
@@ -60,17 +76,24 @@ class OnnxRuntime:
         (result, *_) = self._run(self.output_names[:1], self._feed(features))
         return _as_array(result)
 
-    def predict_outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Every output by name (a classifier's labels and probabilities, for example)."""
-        results = self._run(None, self._feed(features))
+    def predict_outputs(
+        self, features: np.ndarray, stop: RunStop | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every output by name (a classifier's labels and probabilities, for example).
+        ``stop``: a handle another thread may use to end the run early."""
+        results = self._run(None, self._feed(features), stop)
         return {
             name: _as_array(value) for name, value in zip(self.output_names, results, strict=True)
         }
 
-    def _run(self, names: list[str] | None, feed: dict[str, np.ndarray]) -> list[Any]:
+    def _run(
+        self, names: list[str] | None, feed: dict[str, np.ndarray], stop: RunStop | None = None
+    ) -> list[Any]:
         try:
-            return list(self._session.run(names, feed))
+            return list(self._session.run(names, feed, stop.options if stop else None))
         except Exception as exc:  # a node failed inside the graph: the model's fault
+            if stop is not None and stop.message is not None:  # ended on purpose
+                raise DeadlineExceededError(stop.message) from None
             raise ModelRunError(f"ONNX Runtime: {exc}") from exc
 
     def _feed(self, features: np.ndarray) -> dict[str, np.ndarray]:

@@ -136,7 +136,7 @@ class PredictionService:
                 )
             rows = await read_rows(ref, call.payload)
             model = await self._cache.get(ref)
-            predictions = await self._run(model, rows, deadline)
+            predictions = await self._run(model, ref, rows, deadline)
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in (413, 422) else "error"
             self._record(call, None, status, exc.message)
@@ -157,11 +157,12 @@ class PredictionService:
             timestamp=datetime.now(UTC),
         )
 
-    async def _run(self, model: LoadedModel, rows: Rows, deadline: float) -> list[dict[str, Any]]:
+    async def _run(
+        self, model: LoadedModel, ref: VersionRef, rows: Rows, deadline: float
+    ) -> list[dict[str, Any]]:
         """Validate the rows into the model's input type, run them (with other requests for the
         same version when they coincide) and name the outputs. Large requests validate and
         post-process in a worker thread, so the event loop is never held for long."""
-        ref = model.ref
         dtype = getattr(model.runtime, "input_dtype", np.float64)
         size = len(rows.items) * max(1, len(ref.signature.inputs))
         features = checked_matrix(ref.signature, rows, dtype) if size <= INLINE_VALUES else None
@@ -170,7 +171,8 @@ class PredictionService:
                 features = validate_rows(ref.signature, rows, dtype)
             else:
                 features = await anyio.to_thread.run_sync(validate_rows, ref.signature, rows, dtype)
-        outputs = await self._batcher.run(model, features, deadline - time.perf_counter())
+        # ``ref`` as just resolved: a limit its owner changed applies without a reload.
+        outputs = await self._batcher.run(model, features, deadline - time.perf_counter(), ref)
         if size <= INLINE_VALUES:
             return postprocess(ref.signature, outputs, len(rows.items), ref.details)
         return await anyio.to_thread.run_sync(

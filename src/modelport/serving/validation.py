@@ -189,13 +189,22 @@ def _checked_matrix(checks: _Checks, items: list[Any], dtype: np.dtype) -> np.nd
 
 
 def _raise_errors(signature: Signature, rows: Rows) -> None:
-    """Raise the field-by-field errors Pydantic finds (it finds none for valid rows)."""
-    adapter = _list_adapter(signature)
+    """Raise the field-by-field errors Pydantic finds (it finds none for valid rows): the first
+    ``ERRORS_KEPT`` in full, the rest counted. Building every error of a row with 60,000 unknown
+    keys would take longer than validating it; so unknown keys past the budget are counted
+    without being validated, and when there are still too many errors only the first rows are
+    looked at again for their detail."""
+    items, unvalidated = _without_extra_keys_past(ERRORS_KEPT, signature.input_names, rows.items)
     try:
-        adapter.validate_python(rows.items)
+        _list_adapter(signature).validate_python(items)
     except ValidationError as exc:
-        errors = []
-        for error in exc.errors(include_url=False, include_context=False):
+        found = exc.error_count()
+        if found <= ERRORS_KEPT:
+            details = exc.errors(include_url=False, include_context=False)
+        else:
+            details = _first_errors(signature, items)
+        errors: list[dict[str, Any]] = []
+        for error in details[:ERRORS_KEPT]:
             # pydantic's loc starts with the list index; keep it only for real batches.
             loc = list(error["loc"]) if rows.indexed else list(error["loc"][1:])
             errors.append(
@@ -206,10 +215,74 @@ def _raise_errors(signature: Signature, rows: Rows) -> None:
                     "input": error.get("input"),
                 }
             )
-        where = ".".join(str(part) for part in errors[0]["loc"][1:]) or "body"
+        where = ".".join(str(part) for part in errors[0]["loc"][1:])[:100] or "body"
+        omitted = found + unvalidated - len(errors)
+        if omitted:
+            # Counted, not listed: the HTTP layer shows fewer still and says how many it left.
+            errors.append(
+                {
+                    "loc": [rows.loc_prefix[0]],
+                    "msg": f"{omitted} more errors not shown",
+                    "type": "too_many_errors",
+                    "omitted": omitted,
+                }
+            )
         raise InvalidInputError(f"{where}: {errors[0]['msg']}", errors) from None
+
+
+def _without_extra_keys_past(
+    budget: int, names: list[str], items: list[Any]
+) -> tuple[list[Any], int]:
+    """The rows with at most ``budget`` unknown keys in all, and how many were left out (each
+    would have been one "extra_forbidden" error)."""
+    width = len(names)
+    if all(type(row) is not dict or len(row) <= width for row in items):
+        return items, 0  # the common case: nothing to look at
+    known = set(names)
+    kept_rows: list[Any] = []
+    left_out = 0
+    for row in items:
+        if type(row) is not dict:
+            kept_rows.append(row)
+            continue
+        kept: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in known:
+                kept[key] = value
+            elif budget > 0:
+                kept[key] = value
+                budget -= 1
+            else:
+                left_out += 1
+        kept_rows.append(kept)
+    return kept_rows, left_out
+
+
+def _first_errors(signature: Signature, items: list[Any]) -> list[Any]:
+    """The errors of the first rows, one row at a time, until there are ``ERRORS_KEPT``; the
+    list index leads each loc, as when the whole list is validated."""
+    adapter = _row_adapter(signature)
+    errors: list[Any] = []
+    for index, row in enumerate(items):
+        try:
+            adapter.validate_python(row)
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False, include_context=False):
+                errors.append({**error, "loc": (index, *error["loc"])})
+            if len(errors) >= ERRORS_KEPT:
+                break
+    return errors
+
+
+# Most errors one validation lists (a row with 60,000 unknown keys breaks 60,000 rules).
+ERRORS_KEPT = 100
 
 
 @functools.lru_cache(maxsize=256)
 def _list_adapter(signature: Signature) -> TypeAdapter[Any]:
     return TypeAdapter(list[signature.row_model()])  # type: ignore[arg-type,misc]
+
+
+@functools.lru_cache(maxsize=256)
+def _row_adapter(signature: Signature) -> TypeAdapter[Any]:
+    return TypeAdapter(signature.row_model())

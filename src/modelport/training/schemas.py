@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from modelport.training import algorithms
 from modelport.training.algorithms import Algorithm, Task
 
 
@@ -27,9 +28,20 @@ class TrainIn(BaseModel):
     X: Annotated[list[list[float]] | None, Field(max_length=100_000)] = None
     y: Annotated[list[float | int | str] | None, Field(max_length=100_000)] = None
     feature_names: Annotated[list[str] | None, Field(max_length=500)] = None
-    params: dict[str, float | int] = Field(default_factory=dict)
+    params: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="Hyperparameters: n_estimators (1-500), max_depth (1-64), min_samples_leaf, "
+        "max_iter, alpha, C, learning_rate, as the algorithm takes them",
+    )
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
     random_state: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+
+    @field_validator("params")
+    @classmethod
+    def _sane_params(cls, params: dict[str, float | int], info: ValidationInfo) -> dict[str, Any]:
+        """Only the algorithm's own parameters, within sane bounds (algorithms.check_params)."""
+        algorithm = info.data.get("algorithm")
+        return algorithms.check_params(algorithm, params) if algorithm is not None else params
 
     @model_validator(mode="after")
     def _one_source(self, info: ValidationInfo) -> TrainIn:

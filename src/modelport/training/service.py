@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,18 +15,17 @@ from modelport.auth.principal import Principal
 from modelport.datasets import service as datasets
 from modelport.datasets.csv_import import ParsedCsv, snake_case
 from modelport.datasets.tables import Dataset, DatasetRow
-from modelport.errors import InvalidInputError, ModelportError, NotFoundError, public_text
-from modelport.ingest.build_only import import_skops_io
-from modelport.ingest.preparation import prepare_upload
+from modelport.errors import InvalidInputError, NotFoundError
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
 from modelport.registry import management
 from modelport.registry import service as registry
 from modelport.registry.tables import Model
-from modelport.runtimes.signature import FieldSpec, Signature
 from modelport.storage.protocol import ArtifactStore
-from modelport.training import algorithms
+from modelport.training import algorithms, budget
+from modelport.training.budget import TrainingLimits
+from modelport.training.isolation import train_in_child
 from modelport.training.schemas import TrainIn
 
 TRAIN_JOB = "train-model"
@@ -44,6 +42,7 @@ class TrainingService:
     session_factory: async_sessionmaker[AsyncSession]
     store: ArtifactStore
     runner: JobRunner
+    limits: TrainingLimits = field(default_factory=TrainingLimits)
 
     async def submit(
         self, caller: Principal, model_name: str, request: TrainIn, upload: ParsedCsv | None
@@ -52,14 +51,16 @@ class TrainingService:
         transaction: an accepted job always has its data)."""
         management.check_name(model_name, "model name", management.NAME_PATTERN)
         task = algorithms.task_for(request.algorithm, request.task)
-        try:
-            params = algorithms.check_params(request.algorithm, dict(request.params))
-        except ValueError as exc:
-            raise _invalid(str(exc), "params") from None
+        params = dict(request.params)  # checked against the algorithm's bounds by the schema
+        if upload is not None or request.X is not None:  # refused before its rows are stored
+            rows = len(upload.rows) if upload is not None else len(request.X or [])
+            width = len(upload.columns) - 1 if upload is not None else len((request.X or [[]])[0])
+            self._check_cost(request.algorithm, params, rows, len(request.features or []) or width)
         async with self.session_factory() as session:
             model = await self._model_for(session, caller, model_name, task)
             dataset = await self._dataset_for(session, caller, model_name, request, upload)
             target, features = _columns(dataset, request)
+            self._check_cost(request.algorithm, params, dataset.row_count, len(features))
             job = await jobs.enqueue(
                 session,
                 TRAIN_JOB,
@@ -81,6 +82,15 @@ class TrainingService:
             await session.commit()
         self.runner.notify()
         return job, dataset
+
+    def _check_cost(self, algorithm: str, params: dict[str, Any], rows: int, features: int) -> None:
+        """Refuse, before it is queued, a job that would run for many minutes (and take the
+        memory and disk its trees need): its cost is known from its size and parameters."""
+        refusal = budget.over_budget_message(
+            budget.estimate(algorithm, params, rows, features), self.limits
+        )
+        if refusal is not None:
+            raise _invalid(refusal, "params")
 
     async def _model_for(
         self, session: AsyncSession, caller: Principal, name: str, task: str
@@ -138,13 +148,8 @@ class TrainingService:
                 )
             )
         features, target = _arrays(values, spec["features"], spec["target"], spec["task"])
-        try:
-            prepared, metrics = await anyio.to_thread.run_sync(
-                lambda: _train(spec, features, target)
-            )
-        except (ValueError, ModelportError) as exc:
-            message = exc.message if isinstance(exc, ModelportError) else public_text(str(exc))
-            raise PermanentJobError(f"training failed: {message}") from exc
+        # In a child process: a job over its time or memory limit is killed, not the server.
+        prepared, metrics = await train_in_child(spec, features, target, self.limits)
         uploader = Principal("job", user_id=job.owner_id, role="user")
         async with self.session_factory() as session:
             model = await registry.get_model(session, spec["model"])
@@ -165,34 +170,6 @@ class TrainingService:
             "metrics": metrics,
             "dataset": dataset.name,
         }
-
-
-def _train(spec: dict[str, Any], features: np.ndarray, target: np.ndarray) -> tuple[Any, Any]:
-    estimator = algorithms.build(
-        spec["algorithm"], spec["task"], spec["params"], spec["random_state"]
-    )
-    trained = algorithms.fit_with_holdout(
-        estimator, features, target, spec["task"], spec["test_size"], spec["random_state"]
-    )
-    # The trained model goes through the same door as an upload: skops file in, converted to
-    # ONNX and verified (or served natively, saying why).
-    signature = Signature(
-        task=spec["task"],
-        inputs=tuple(
-            FieldSpec(name=name, example=float(features[0, i]))
-            for i, name in enumerate(spec["features"])
-        ),
-        outputs=(FieldSpec(name="label", type="str"), FieldSpec(name="probabilities"))
-        if spec["task"] == "classification"
-        else (FieldSpec(name=spec["target"]),),
-    )
-    prepared = prepare_upload(
-        import_skops_io().dumps(trained.model),
-        declared_flavor="skops",
-        signature=signature,
-        task=spec["task"],
-    )
-    return prepared, trained.metrics
 
 
 def _inline_table(request: TrainIn) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:

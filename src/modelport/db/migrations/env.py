@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 # Every domain's tables, so the metadata Alembic compares against is complete.
@@ -18,11 +19,18 @@ from modelport.monitoring import tables as _monitoring  # noqa: F401
 from modelport.registry import tables as _registry  # noqa: F401
 
 target_metadata = Base.metadata
+# Replicas starting together each run their migrations: on PostgreSQL they take turns under this
+# transaction-scoped advisory lock, and the later ones find the schema already at head.
+MIGRATION_LOCK_KEY = 0x6D6F64656C706F72  # "modelpor"
 
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         context.run_migrations()
 
 

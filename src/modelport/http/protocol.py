@@ -1,0 +1,251 @@
+"""The HTTP/1.1 protocol ``modelport serve`` runs: uvicorn's httptools protocol plus the limits
+it lacks, applied before a request reaches the app. uvicorn reads a request head of any size
+and any number of headers, waits forever for a head that never ends, and keeps every
+connection it accepts; here a worker keeps at most ``max_connections``, refuses a head past its
+size or header count with 431, and one that takes too long with 408.
+
+The body's own timeout is the request middleware's (it sees each read the app makes). uvicorn's
+h11 protocol has a head size limit (``h11_max_incomplete_event_size``) but answers it with a
+bare 400, counts no headers and is slower than httptools; its ``limit_concurrency`` answers 503
+only once a head is complete, so a connection that never completes one is never refused."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import httptools
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+logger = logging.getLogger(__name__)
+
+_HEAD_END = b"\r\n\r\n"
+# After refusing a request whose rest is still arriving, read and drop it for a moment before
+# closing: closing with unread bytes resets the connection, and the caller would never read
+# why it was refused.
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 1_048_576
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    max_header_count: int
+    max_header_bytes: int
+    header_timeout_seconds: float
+
+
+# Refusals are logged at most once per interval and status, with how many were not: a flood of
+# connections must not turn into a flood of log lines, each costing the event loop.
+_LOG_INTERVAL_SECONDS = 10.0
+_last_logged: dict[int, float] = {}
+_not_logged: dict[int, int] = {}
+
+
+def _log_refusal(status: int, message: str, client: tuple[str, int] | None) -> None:
+    now = time.monotonic()
+    if now - _last_logged.get(status, -_LOG_INTERVAL_SECONDS) < _LOG_INTERVAL_SECONDS:
+        _not_logged[status] = _not_logged.get(status, 0) + 1
+        return
+    _last_logged[status] = now
+    more = _not_logged.pop(status, 0)
+    logger.warning(
+        "refused before the app (%s): %d %s%s",
+        f"{client[0]}:{client[1]}" if client else "unknown",
+        status,
+        message,
+        f" (and {more} more {status}s not logged in the last {_LOG_INTERVAL_SECONDS:g} s)"
+        if more
+        else "",
+    )
+
+
+class _Refused(Exception):
+    """Raised from a parser callback; httptools wraps it, ``data_received`` answers it."""
+
+
+def refusal(status: int, message: str, extra: tuple[bytes, ...] = ()) -> bytes:
+    """A whole response in our JSON error shape, closing the connection."""
+    body = orjson.dumps({"detail": message})
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            *extra,
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ConnectionLimits,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self._in_head = True  # between requests, or reading a request line and headers
+        self._head_bytes = 0
+        self._head_tail = b""  # the last bytes of the head so far: its end may straddle reads
+        self._header_count = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._closing_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str] | None = None
+        self._refused = False
+        self._dropped = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            # Not counted from here on: it is closed within a second whatever it does.
+            self.connections.discard(self)
+            self._refuse(
+                503,
+                f"the server is at its limit of {self.limits.max_connections} open connections; "
+                "retry shortly",
+                (b"retry-after: 1\r\n",),
+            )
+            return
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._closing_timer):
+            if timer is not None:
+                timer.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # lingering after a refusal: read and drop
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.transport.close()
+            return
+        if self._in_head:
+            self._start_head_timer()
+            if not self._head_fits(data):
+                self._refuse(
+                    431,
+                    f"the request line and headers are larger than "
+                    f"{self.limits.max_header_bytes} bytes",
+                )
+                return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+                return
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        self._header_count = 0
+        super().on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_header_count:
+            self._refusal = (
+                431,
+                f"the request has more than {self.limits.max_header_count} headers",
+            )
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes, self._head_tail = 0, b""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        # The next request's head starts with the next byte; its clock with that byte too.
+        self._in_head = True
+        super().on_message_complete()
+
+    # Limits
+    def _head_fits(self, data: bytes) -> bool:
+        """Whether the head read so far, with ``data``, stays within the size limit. Counted
+        as it arrives, so an endless head is refused at the limit, not buffered."""
+        before, limit = self._head_bytes, self.limits.max_header_bytes
+        self._head_bytes += len(data)
+        tail = self._head_tail
+        if self._head_bytes <= limit:
+            self._head_tail = (tail + data[-3:])[-3:]
+            return True
+        # Past the limit, unless the head ends in this read and the body follows it: its
+        # end may straddle the previous read, so look there first.
+        end = (tail + data[:3]).find(_HEAD_END)
+        if end >= 0:
+            return before - len(tail) + end + len(_HEAD_END) <= limit
+        end = data.find(_HEAD_END)
+        return end >= 0 and before + end + len(_HEAD_END) <= limit
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self.limits.header_timeout_seconds, self._head_timed_out
+            )
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request is being answered and the next one (pipelined) stalls: close after it.
+            self.cycle.keep_alive = False
+            return
+        if not self._head_bytes:  # connected and never said anything: nobody to tell why
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            f"the request line and headers did not arrive within "
+            f"{self.limits.header_timeout_seconds:g} seconds",
+        )
+
+    def _refuse(self, status: int, message: str, extra: tuple[bytes, ...] = ()) -> None:
+        """Answer ``status`` and close: at once if the caller is done sending, else after a
+        short linger that drops whatever it still sends."""
+        self._refused = True
+        _log_refusal(status, message, self.client)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self.transport.write(refusal(status, message, extra))
+        if status == 408 or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._closing_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+
+
+def limited_protocol(limits: ConnectionLimits) -> type[asyncio.Protocol]:
+    """What uvicorn's ``http`` option takes: it calls the protocol class with its own
+    arguments, and pickles it for each worker process (a partial of a module-level class
+    pickles; a class made here would not)."""
+    return cast("type[asyncio.Protocol]", functools.partial(LimitedHttpProtocol, limits=limits))
