@@ -1,6 +1,11 @@
-"""Loaded models kept in memory: an LRU bounded by count and by artifact bytes. Each version is
-loaded once, even when many first requests for it arrive together, and a version that failed to
-load is not tried again for a few seconds."""
+"""Loaded models kept in memory: an LRU bounded by count and by the memory the models need.
+Each version is loaded once, even when many first requests for it arrive together, and a version
+that failed to load is not tried again for a few seconds.
+
+The memory of a version is what its trial measured at upload (``model_versions.memory_bytes``).
+A version stored before budgets existed is measured the same way, in a child process, before
+this process loads it: one over its budget is never loaded here, and the registry records why
+(``budget_error``), so start-up no longer preloads it."""
 
 from __future__ import annotations
 
@@ -10,14 +15,17 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 from prometheus_client import Counter
 
-from modelport.errors import ModelportError, ModelUnavailableError
+from modelport.errors import BadRequestError, ModelportError, ModelUnavailableError
+from modelport.ingest.safety import ModelBudgets, Trial, UnsafeToLoadError, measure_in_child
 from modelport.registry.service import VersionRef
 from modelport.runtimes.loader import Runtime, load_runtime
+from modelport.runtimes.native import NATIVE_FLAVORS
 from modelport.storage.protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -26,6 +34,18 @@ CACHE_EVENTS = Counter(
     "Model cache hits, misses, loads, failed loads and evictions",
     ["event"],
 )
+
+
+# A version never measured is taken to need this many times its file size.
+UNMEASURED_MEMORY_FACTOR = 4
+_MiB = 1024**2
+
+# (model name, version id, memory bytes, budget error): stores a measure in the registry.
+BudgetRecorder = Callable[[str, uuid.UUID, int | None, str | None], Awaitable[None]]
+
+# Measures taken in this process, by artifact: the same bytes measure the same, so a file shared
+# by many versions (or registered again) starts one child, not one per version.
+_MEASURES: dict[tuple[str, str, ModelBudgets], Trial | UnsafeToLoadError] = {}
 
 
 @dataclass(frozen=True)
@@ -48,7 +68,12 @@ class ModelCache:
         max_models: int = 32,
         max_bytes: int = 4 * 1024**3,
         retry_seconds: float = 10.0,
+        budgets: ModelBudgets | None = None,
+        record_budget: BudgetRecorder | None = None,
     ) -> None:
+        """``max_bytes`` bounds the memory of the loaded models. With ``budgets``, a version
+        with no measured memory is measured in a child before it is loaded here, and the
+        outcome goes to ``record_budget``."""
         self._store = store
         self._intra_op_threads = intra_op_threads
         self._max_models = max_models
@@ -57,6 +82,10 @@ class ModelCache:
         self._retry_seconds = retry_seconds
         self._loading: dict[uuid.UUID, asyncio.Future[LoadedModel]] = {}
         self._failures: dict[uuid.UUID, _Failure] = {}
+        self._budgets = budgets
+        self._record_budget = record_budget
+        self._measured: dict[uuid.UUID, int] = {}
+        self._over_budget: dict[uuid.UUID, str] = {}
         self.hits = self.misses = self.loads = self.evictions = self.failures = 0
 
     def loaded(self) -> list[LoadedModel]:
@@ -64,7 +93,12 @@ class ModelCache:
 
     @property
     def bytes_loaded(self) -> int:
-        return sum(model.ref.size_bytes for model in self._models.values())
+        """The memory the loaded models need (measured, or estimated from their files)."""
+        return sum(self.memory_of(model.ref) for model in self._models.values())
+
+    def memory_of(self, ref: VersionRef) -> int:
+        measured = self._measured.get(ref.version_id, ref.memory_bytes)
+        return measured if measured is not None else ref.size_bytes * UNMEASURED_MEMORY_FACTOR
 
     def stats(self) -> dict[str, int]:
         return {
@@ -84,6 +118,7 @@ class ModelCache:
             self._count("hits")
             return model
         self._count("misses")
+        self._refuse_over_budget(ref)
         failure = self._failures.get(ref.version_id)
         if failure is not None:
             if time.monotonic() < failure.until:
@@ -98,9 +133,29 @@ class ModelCache:
         # leaves the load running for the others.
         return await asyncio.shield(loading)
 
+    def _refuse_over_budget(self, ref: VersionRef) -> None:
+        """A version that failed its budget is never loaded; one measured to need more memory
+        than the whole cache may hold cannot be kept."""
+        failed = self._over_budget.get(ref.version_id) or ref.budget_error
+        if failed:
+            raise _budget_refusal(ref, failed)
+        measured = self._measured.get(ref.version_id, ref.memory_bytes)
+        if measured is not None and measured > self._max_bytes:
+            raise ModelUnavailableError(
+                f"model {ref.model_name!r} version {ref.version} needs {measured // _MiB:,} MiB "
+                f"of memory, more than the {self._max_bytes // _MiB:,} MiB this server keeps for "
+                "loaded models (MODELPORT_MODEL_CACHE_MAX_BYTES)"
+            )
+
     async def _load_once(self, ref: VersionRef) -> LoadedModel:
         try:
-            model = await anyio.to_thread.run_sync(self._load, ref)
+            model, trial = await anyio.to_thread.run_sync(self._load, ref)
+        except UnsafeToLoadError as exc:
+            self._over_budget[ref.version_id] = exc.message
+            await self._record(ref, None, exc.message)
+            error = _budget_refusal(ref, exc.message)
+            self._remember_failure(ref, error)
+            raise error from None
         except ModelportError as exc:
             self._remember_failure(ref, exc)
             raise
@@ -112,6 +167,9 @@ class ModelCache:
             self._remember_failure(ref, error)
             raise error from exc
         else:
+            if trial is not None:
+                self._measured[ref.version_id] = trial.memory_bytes
+                await self._record(ref, trial.memory_bytes, None)
             self._models[ref.version_id] = model
             self._count("loads")
             self._evict(keep=ref.version_id)
@@ -145,6 +203,51 @@ class ModelCache:
                 extra={"model": evicted.ref.model_name, "version": evicted.ref.version},
             )
 
-    def _load(self, ref: VersionRef) -> LoadedModel:
+    async def _record(self, ref: VersionRef, memory: int | None, error: str | None) -> None:
+        if self._record_budget is None:
+            return
+        try:
+            await self._record_budget(ref.model_name, ref.version_id, memory, error)
+        except Exception as exc:  # the measure still holds in this process
+            logger.warning(
+                "could not record a model's measured budget",
+                extra={"model": ref.model_name, "version": ref.version, "error": str(exc)},
+            )
+
+    def _load(self, ref: VersionRef) -> tuple[LoadedModel, Trial | None]:
         data = self._store.open_verified(ref.artifact_uri, ref.sha256)
-        return LoadedModel(ref=ref, runtime=load_runtime(ref.flavor, data, self._intra_op_threads))
+        trial = self._measure(ref, data)
+        runtime = load_runtime(ref.flavor, data, self._intra_op_threads)
+        return LoadedModel(ref=ref, runtime=runtime), trial
+
+    def _measure(self, ref: VersionRef, data: bytes) -> Trial | None:
+        """The trial of a version never measured (stored before budgets existed, or by a path
+        that did not measure it), run in a child before this process loads the file. Raises
+        ``UnsafeToLoadError`` when it breaks the budget or kills its loader; a file the library
+        merely cannot load goes on to the load here, which says why as it always has."""
+        if (
+            self._budgets is None
+            or ref.memory_bytes is not None
+            or ref.flavor not in ("onnx", *NATIVE_FLAVORS)
+        ):
+            return None
+        key = (ref.sha256, ref.flavor, self._budgets)
+        known = _MEASURES.get(key)
+        if known is None:
+            try:
+                known = measure_in_child(ref.flavor, data, self._budgets)
+            except UnsafeToLoadError as exc:
+                known = exc
+            except BadRequestError:
+                return None
+            _MEASURES[key] = known
+        if isinstance(known, UnsafeToLoadError):
+            raise UnsafeToLoadError(known.message)
+        return known
+
+
+def _budget_refusal(ref: VersionRef, reason: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"model {ref.model_name!r} version {ref.version} is not served: it failed its resource "
+        f"budget ({reason}); upload a smaller model, or ask an administrator to raise the limit"
+    )
