@@ -286,3 +286,128 @@ def plant_secrets(root: Path) -> tuple[Path, dict[str, str]]:
         "dot-dot-inside": "var/../var/jwt-secret",
         "dot-dot-outside": "../outside-secret",
     }
+
+
+# --- budgets: tiny files that declare huge work ------------------------------------------------
+#
+# Each is a regressor of ``n_features`` float inputs and one [rows, 1] output, valid for
+# onnx.checker, a few hundred bytes long; what it declares is what costs.
+
+
+def _int64s(name: str, values: list[int]) -> NodeProto:
+    return helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values),
+    )
+
+
+def _plus_scalar(scalar: str, n_features: int, nodes: list[NodeProto]) -> bytes:
+    """``sum(row) * 0 + scalar`` for every row: the output depends on ``scalar``, so no optimizer
+    can drop the nodes that make it."""
+    tail = [
+        _int64s("row_axes", [1]),
+        helper.make_node("ReduceSum", ["features", "row_axes"], ["row_sum"], keepdims=1),
+        helper.make_node("Add", ["row_sum", scalar], ["variable"]),
+    ]
+    graph = helper.make_graph(
+        [*nodes, *tail],
+        "budget",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def huge_constant(side: int = 100_000, n_features: int = 3) -> bytes:
+    """A ``side`` x ``side`` float tensor of zeros, built at load from a constant shape
+    (40 GB for the default), summed to one value."""
+    return _plus_scalar(
+        "total",
+        n_features,
+        [
+            _int64s("huge_shape", [side, side]),
+            helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
+            helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        ],
+    )
+
+
+def huge_at_run(factor: int = 100_000, n_features: int = 3) -> bytes:
+    """Zeros of shape ``(rows x factor, features x factor)``: no shape is constant, so only
+    running the model shows what it takes (40 GB for 1,000 rows)."""
+    return _plus_scalar(
+        "total",
+        n_features,
+        [
+            helper.make_node("Shape", ["features"], ["input_shape"]),
+            _int64s("factor", [factor, factor]),
+            helper.make_node("Mul", ["input_shape", "factor"], ["huge_shape"]),
+            helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
+            helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        ],
+    )
+
+
+def endless_loop(trips: int = 10**10, n_features: int = 3) -> bytes:
+    """A Loop of ``trips`` iterations that adds one each time; its count is the output."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node(
+                "Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1])
+            ),
+            helper.make_node("Add", ["count_in", "one"], ["count_out"]),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_out", TensorProto.FLOAT, []),
+        ],
+    )
+    return _plus_scalar(
+        "count",
+        n_features,
+        [
+            helper.make_node(
+                "Constant",
+                [],
+                ["trips"],
+                value=helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+            ),
+            _true("condition"),
+            helper.make_node(
+                "Constant",
+                [],
+                ["zero"],
+                value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0]),
+            ),
+            helper.make_node("Loop", ["trips", "condition", "zero"], ["count"], body=body),
+        ],
+    )
+
+
+def wide_input(width: int = 1_000_000) -> bytes:
+    """One input declared ``[None, width]``, summed per row."""
+    return _plus_scalar("zero_scalar", width, [_zero_scalar()])
+
+
+def many_nodes(count: int, n_features: int = 3) -> bytes:
+    """A chain of ``count`` Identity nodes."""
+    chain = [_zero_scalar("link_0")]
+    chain += [helper.make_node("Identity", [f"link_{i}"], [f"link_{i + 1}"]) for i in range(count)]
+    return _plus_scalar(f"link_{count}", n_features, chain)
+
+
+def _zero_scalar(name: str = "zero_scalar") -> NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [0])
+    )

@@ -880,12 +880,12 @@ def measure_in_child(flavor: str, data: bytes, budgets: ModelBudgets) -> Trial:
         if memory > budgets.trial_memory_bytes:
             raise _out_of_memory(budgets, f"it used {memory // _MiB:,} MiB")
         return Trial(memory, float(report.get("seconds", 0.0)))
-    reason = public_text(str(report.get("error") or _last_line(result.stderr)))
+    reason = public_text(str(report.get("error") or _last_line(result.stderr)), 400)
     if report.get("out_of_memory"):
         raise _out_of_memory(budgets, reason)
-    if result.returncode == 1 and report.get("error"):
-        raise BadRequestError(f"{library} cannot load the file: {reason}")
-    # Killed by a signal, or a native abort: the same file would take the server down.
+    if result.returncode > 0:  # the library refused the file (or, rarely, exited)
+        raise BadRequestError(f"{library} cannot load the file: {reason or 'it is damaged'}")
+    # Killed by a signal (a native abort, a crash): the same file would take the server down.
     raise UnsafeToLoadError(
         f"{library} cannot load the file (its loader crashed; loading it would take the server "
         f"down, or it needs more than the {budgets.trial_memory_bytes // _MiB:,} MiB of "
@@ -904,7 +904,7 @@ def _out_of_memory(budgets: ModelBudgets, reason: str) -> UnsafeToLoadError:
 def _child_environment() -> dict[str, str]:
     """The child finds this very modelport, and its libraries keep to one thread (fewer
     threads reserve less address space, and the trial leaves the other core to the server)."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
     return {
         **os.environ,

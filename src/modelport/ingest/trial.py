@@ -112,9 +112,8 @@ def _report_error(exc: BaseException) -> int:
 def _text(exc: BaseException) -> str:
     """The library's own words: a loader's error keeps its cause in ``internal``."""
     internal = getattr(exc, "internal", None)
-    cause = exc.__cause__
-    parts = [internal or str(exc), str(cause) if cause is not None else ""]
-    return f"{type(exc).__name__}: " + " ".join(p for p in parts if p)[:2000]
+    text = internal or f"{type(exc).__name__}: {exc}"
+    return text.strip().rstrip(":")[:2000]
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
