@@ -304,22 +304,31 @@ def _int64s(name: str, values: list[int]) -> NodeProto:
 
 
 def _plus_scalar(scalar: str, n_features: int, nodes: list[NodeProto]) -> bytes:
-    """``sum(row) * 0 + scalar`` for every row: the output depends on ``scalar``, so no optimizer
+    """``sum(row) + scalar`` for every row: the output depends on ``scalar``, so no optimizer
     can drop the nodes that make it."""
-    tail = [
+    return bytes(onnx_model_of(_plus_scalar_nodes(scalar, nodes), n_features).SerializeToString())
+
+
+def _plus_scalar_nodes(scalar: str, nodes: list[NodeProto]) -> list[NodeProto]:
+    return [
+        *nodes,
         _int64s("row_axes", [1]),
         helper.make_node("ReduceSum", ["features", "row_axes"], ["row_sum"], keepdims=1),
         helper.make_node("Add", ["row_sum", scalar], ["variable"]),
     ]
+
+
+def onnx_model_of(nodes: list[NodeProto], n_features: int) -> ModelProto:
+    """A regressor: ``features`` [None, n_features] float in, ``variable`` [None, 1] out."""
     graph = helper.make_graph(
-        [*nodes, *tail],
+        nodes,
         "budget",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
         [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return bytes(model.SerializeToString())
+    return model
 
 
 def huge_constant(side: int = 100_000, n_features: int = 3) -> bytes:
@@ -411,3 +420,43 @@ def _zero_scalar(name: str = "zero_scalar") -> NodeProto:
     return helper.make_node(
         "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [0])
     )
+
+
+def huge_sparse_initializer(side: int = 100_000, n_features: int = 3) -> bytes:
+    """A sparse initializer of one stored value whose dense shape is ``side`` x ``side``:
+    ONNX Runtime makes it dense at load."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "sparse"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "sparse_indices"),
+        [side, side],
+    )
+    graph = onnx_model_of(
+        _plus_scalar_nodes(
+            "total", [helper.make_node("ReduceSum", ["sparse"], ["total"], keepdims=0)]
+        ),
+        n_features,
+    )
+    graph.graph.sparse_initializer.append(sparse)
+    return bytes(graph.SerializeToString())
+
+
+def loop_without_end(n_features: int = 3) -> bytes:
+    """A Loop with neither a trip count nor a condition: it never stops."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node("Identity", ["count_in"], ["count_out"]),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_out", TensorProto.FLOAT, []),
+        ],
+    )
+    loop = helper.make_node("Loop", ["", "", "zero_scalar"], ["count"], body=body)
+    return _plus_scalar("count", n_features, [_zero_scalar(), loop])

@@ -564,17 +564,18 @@ def _check_loop(
         return
     trips = node.input[0] if len(node.input) > 0 else ""
     condition = node.input[1] if len(node.input) > 1 else ""
+    loop = f"the Loop {node.name!r} in {where}" if node.name else f"a Loop in {where}"
     if not trips and not condition:
         raise BadRequestError(
-            f"the Loop {node.name or ''!r} in {where} has neither a trip count nor a condition,"
-            " so it never ends; give it a trip count"
+            f"{loop} has neither a trip count nor a condition, so it never ends; give it a "
+            "trip count"
         )
     value = constants.get(trips)
     if value is not None and value.size == 1:
         count = int(value.ravel()[0])
         if count > budgets.max_loop_trips:
             raise _over_limit(
-                f"the trip count of the Loop {node.name or ''!r} in {where} is",
+                f"the trip count of {loop} is",
                 count,
                 budgets.max_loop_trips,
                 "MODEL_MAX_LOOP_TRIPS",
