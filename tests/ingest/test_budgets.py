@@ -100,7 +100,7 @@ def test_small_declared_work_is_accepted_and_its_memory_measured() -> None:
 
 
 def test_a_model_whose_tensors_grow_with_the_batch_fails_its_trial_on_memory() -> None:
-    """No shape is a constant: only running it shows the 40 GB. The child hits its address
+    """No shape is a constant: only running it shows the 5 GB. The child hits its address
     space limit; this process never allocates it."""
     with pytest.raises(UnsafeToLoadError) as refused:
         prepare_upload(hostile_onnx.huge_at_run(), task="regression")

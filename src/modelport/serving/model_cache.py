@@ -25,7 +25,6 @@ from modelport.errors import BadRequestError, ModelportError, ModelUnavailableEr
 from modelport.ingest.safety import ModelBudgets, Trial, UnsafeToLoadError, measure_in_child
 from modelport.registry.service import VersionRef
 from modelport.runtimes.loader import Runtime, load_runtime
-from modelport.runtimes.native import NATIVE_FLAVORS
 from modelport.storage.protocol import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -36,6 +35,9 @@ CACHE_EVENTS = Counter(
 )
 
 
+# Flavors a version never measured is measured in before it loads here: not pickles (allowed
+# only from administrators), whose code runs wherever they load and may count on this process.
+_MEASURED_AT_LOAD = ("onnx", "sklearn", "xgboost", "lightgbm")
 # A version never measured is taken to need this many times its file size.
 UNMEASURED_MEMORY_FACTOR = 4
 _MiB = 1024**2
@@ -149,13 +151,7 @@ class ModelCache:
 
     async def _load_once(self, ref: VersionRef) -> LoadedModel:
         try:
-            model, trial = await anyio.to_thread.run_sync(self._load, ref)
-        except UnsafeToLoadError as exc:
-            self._over_budget[ref.version_id] = exc.message
-            await self._record(ref, None, exc.message)
-            error = _budget_refusal(ref, exc.message)
-            self._remember_failure(ref, error)
-            raise error from None
+            model = await self._measure_then_load(ref)
         except ModelportError as exc:
             self._remember_failure(ref, exc)
             raise
@@ -167,15 +163,30 @@ class ModelCache:
             self._remember_failure(ref, error)
             raise error from exc
         else:
-            if trial is not None:
-                self._measured[ref.version_id] = trial.memory_bytes
-                await self._record(ref, trial.memory_bytes, None)
             self._models[ref.version_id] = model
             self._count("loads")
             self._evict(keep=ref.version_id)
             return model
         finally:
             self._loading.pop(ref.version_id, None)
+
+    async def _measure_then_load(self, ref: VersionRef) -> LoadedModel:
+        """Read the artifact and, for a version never measured, measure it in a child (and
+        record the measure); load it here only when it is within its budget and fits."""
+        try:
+            data, trial = await anyio.to_thread.run_sync(self._read_and_measure, ref)
+        except UnsafeToLoadError as exc:
+            self._over_budget[ref.version_id] = exc.message
+            await self._record(ref, None, exc.message)
+            raise _budget_refusal(ref, exc.message) from None
+        if trial is not None:
+            self._measured[ref.version_id] = trial.memory_bytes
+            await self._record(ref, trial.memory_bytes, None)
+            self._refuse_over_budget(ref)
+        runtime = await anyio.to_thread.run_sync(
+            load_runtime, ref.flavor, data, self._intra_op_threads
+        )
+        return LoadedModel(ref=ref, runtime=runtime)
 
     def _remember_failure(self, ref: VersionRef, error: ModelportError) -> None:
         """A broken artifact is not read and parsed again on every request: the failure is
@@ -214,11 +225,9 @@ class ModelCache:
                 extra={"model": ref.model_name, "version": ref.version, "error": str(exc)},
             )
 
-    def _load(self, ref: VersionRef) -> tuple[LoadedModel, Trial | None]:
+    def _read_and_measure(self, ref: VersionRef) -> tuple[bytes, Trial | None]:
         data = self._store.open_verified(ref.artifact_uri, ref.sha256)
-        trial = self._measure(ref, data)
-        runtime = load_runtime(ref.flavor, data, self._intra_op_threads)
-        return LoadedModel(ref=ref, runtime=runtime), trial
+        return data, self._measure(ref, data)
 
     def _measure(self, ref: VersionRef, data: bytes) -> Trial | None:
         """The trial of a version never measured (stored before budgets existed, or by a path
@@ -228,7 +237,7 @@ class ModelCache:
         if (
             self._budgets is None
             or ref.memory_bytes is not None
-            or ref.flavor not in ("onnx", *NATIVE_FLAVORS)
+            or ref.flavor not in _MEASURED_AT_LOAD
         ):
             return None
         key = (ref.sha256, ref.flavor, self._budgets)
