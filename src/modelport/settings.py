@@ -357,6 +357,13 @@ class Settings(BaseSettings):
     model_trial_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="Time loading a model and its trial may take."
     )
+    model_trials_at_once: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Trials running at once per process (together up to this many times the "
+        "trial memory); an upload waits for a slot at most the trial time, then gets 503.",
+    )
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per dataset.")
     allow_pickle: bool = Field(
         default=False,

@@ -22,9 +22,9 @@ from sqlalchemy import select
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
 from modelport.db.engine import create_engine, create_session_factory
-from modelport.errors import BadRequestError
+from modelport.errors import BadRequestError, ServiceUnavailableError
 from modelport.ingest.preparation import prepare_upload
-from modelport.ingest.safety import ModelBudgets, UnsafeToLoadError
+from modelport.ingest.safety import ModelBudgets, UnsafeToLoadError, measure_in_child
 from modelport.registry.tables import Model, ModelVersion
 from modelport.settings import Settings
 from tests.helpers import WINE_ROW, bearer, register_trained, run, wait_until_ready
@@ -281,3 +281,29 @@ def test_the_trial_input_is_the_largest_batch() -> None:
 
     assert few.memory_bytes is not None and many.memory_bytes is not None
     assert many.memory_bytes > few.memory_bytes + 10 * 1024**2
+
+
+def test_trials_past_the_number_at_once_wait_then_are_answered_503() -> None:
+    """One slot: while a loop of 10^10 holds it for 4 s, the next trial, whose time limit is
+    1 s, waits that long for the slot and is then answered 503."""
+    holding = ModelBudgets(max_loop_trips=10**12, trial_seconds=4, trials_at_once=1)
+    budgets = ModelBudgets(trial_seconds=1, trials_at_once=1)
+    outcomes: list[str] = []
+
+    def endless() -> None:
+        try:
+            measure_in_child("onnx", hostile_onnx.endless_loop(), holding)
+        except UnsafeToLoadError as exc:
+            outcomes.append(exc.message)
+
+    holder = threading.Thread(target=endless)
+    holder.start()
+    time.sleep(0.5)  # the loop has the slot
+    with pytest.raises(ServiceUnavailableError, match="MODELPORT_MODEL_TRIALS_AT_ONCE"):
+        measure_in_child("onnx", hostile_onnx.huge_constant(10), budgets)
+    holder.join()
+
+    assert outcomes and "MODELPORT_MODEL_TRIAL_SECONDS" in outcomes[0]
+    # The slot is free again.
+    free = ModelBudgets(trials_at_once=1)
+    assert measure_in_child("onnx", hostile_onnx.huge_constant(10), free).memory_bytes > 0

@@ -46,6 +46,7 @@ import lzma
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -56,7 +57,12 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, GraphProto, NodeProto, SparseTensorProto, TensorProto
 
-from modelport.errors import BadRequestError, ForbiddenError, public_text
+from modelport.errors import (
+    BadRequestError,
+    ForbiddenError,
+    ServiceUnavailableError,
+    public_text,
+)
 from modelport.ingest import ubjson
 from modelport.ingest.build_only import import_skops_io, without_torch
 
@@ -464,6 +470,7 @@ class ModelBudgets:
     trial_memory_bytes: int = 2 * GiB
     trial_seconds: float = 30.0
     trial_rows: int = 1000  # the most rows one runtime call may get
+    trials_at_once: int = 2
 
     @classmethod
     def from_settings(cls, settings: Any) -> ModelBudgets:
@@ -476,6 +483,7 @@ class ModelBudgets:
             max_trees=settings.model_max_trees,
             trial_memory_bytes=settings.model_trial_memory_bytes,
             trial_seconds=settings.model_trial_seconds,
+            trials_at_once=settings.model_trials_at_once,
             # A request larger than a batch runs alone, whole: the trial runs the larger.
             trial_rows=max(settings.max_batch_rows, settings.max_batch_size),
         )
@@ -860,6 +868,28 @@ def measure_in_child(flavor: str, data: bytes, budgets: ModelBudgets) -> Trial:
     """
     library = _LIBRARIES[flavor]
     arguments = [str(budgets.trial_rows), str(budgets.trial_memory_bytes)]
+    slots = _trial_slots(budgets.trials_at_once)
+    # Trials at once bound what they take together (each up to the trial memory); an upload
+    # waits for a slot at most as long as one trial may run.
+    if not slots.acquire(timeout=budgets.trial_seconds):
+        raise ServiceUnavailableError(
+            f"{budgets.trials_at_once} other model files are being checked "
+            "(MODELPORT_MODEL_TRIALS_AT_ONCE); try again in a minute"
+        )
+    try:
+        return _run_trial(flavor, library, arguments, data, budgets)
+    finally:
+        slots.release()
+
+
+@functools.cache
+def _trial_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+def _run_trial(
+    flavor: str, library: str, arguments: list[str], data: bytes, budgets: ModelBudgets
+) -> Trial:
     try:
         result = subprocess.run(  # noqa: S603 - our own interpreter and module; data on stdin
             [sys.executable, "-m", TRIAL_MODULE, flavor, *arguments],
