@@ -22,6 +22,7 @@ from modelport.changes import ChangeHub
 from modelport.changes_bridge import ChangeBridge, open_change_bridge
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.images.service import CLASSIFY_JOB, ImageService
+from modelport.ingest.safety import ModelBudgets
 from modelport.jobs.runner import JobRunner
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.ratelimit.buckets import Limiter
@@ -76,16 +77,10 @@ class Services:
         )
         session_factory = create_session_factory(engine)
         store = open_artifact_store(settings)
-        models = ModelCache(
-            store,
-            settings.inference_threads,
-            max_models=settings.model_cache_max_models,
-            max_bytes=settings.model_cache_max_bytes,
-            retry_seconds=settings.model_load_retry_seconds,
-        )
         resolver = VersionResolver(session_factory, settings.registry_cache_seconds)
         changes = ChangeHub()
         changes.subscribe(lambda change: resolver.forget(change))
+        budgets = ModelBudgets.from_settings(settings)
         manager = RegistryManager(
             session_factory,
             store,
@@ -99,6 +94,16 @@ class Services:
                 concurrency_default=settings.model_concurrency,
                 concurrency_max=settings.inference_pool_threads,
             ),
+            budgets=budgets,
+        )
+        models = ModelCache(
+            store,
+            settings.inference_threads,
+            max_models=settings.model_cache_max_models,
+            max_bytes=settings.model_cache_max_bytes,
+            retry_seconds=settings.model_load_retry_seconds,
+            budgets=budgets,
+            record_budget=manager.record_budget,
         )
         log = PredictionLogWriter(
             session_factory,

@@ -347,7 +347,48 @@ class Settings(BaseSettings):
         "long before the artifact is read again.",
     )
     model_cache_max_bytes: int = Field(
-        default=4 * 1024**3, ge=1, description="Artifact bytes kept loaded."
+        default=4 * 1024**3,
+        ge=1,
+        description="Memory the loaded models may need together, as their trials measured it "
+        "(a version never measured counts 4x its file size).",
+    )
+    # Model budgets: what an uploaded model file may declare, and what loading it and a trial
+    # inference of the largest batch may cost (measured in a child process at upload).
+    model_max_nodes: int = Field(
+        default=10_000, ge=1, description="ONNX nodes, every graph (nested ones) included."
+    )
+    model_max_initializer_bytes: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Bytes an ONNX model's initializers and constants declare (by their shapes,"
+        " tensors built from constant shapes included).",
+    )
+    model_max_input_width: int = Field(
+        default=100_000, ge=1, description="Values in one input row (features)."
+    )
+    model_max_loop_trips: int = Field(
+        default=1_000_000, ge=1, description="Constant trip count of an ONNX Loop."
+    )
+    model_max_classes: int = Field(
+        default=10_000, ge=2, description="Classes of a classifier (boosters, ONNX ensembles)."
+    )
+    model_max_trees: int = Field(
+        default=100_000, ge=1, description="Trees of a boosted model or ONNX tree ensemble."
+    )
+    model_trial_memory_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=64 * 1_048_576,
+        description="Memory loading a model and a trial inference of the largest batch may take.",
+    )
+    model_trial_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="Time loading a model and its trial may take."
+    )
+    model_trials_at_once: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Trials running at once per process (together up to this many times the "
+        "trial memory); an upload waits for a slot at most the trial time, then gets 503.",
     )
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per dataset.")
     allow_pickle: bool = Field(

@@ -288,7 +288,7 @@ def plant_secrets(root: Path) -> tuple[Path, dict[str, str]]:
     }
 
 
-def endless_loop(n_features: int, trips_per_unit: int = 10**10) -> bytes:
+def input_driven_loop(n_features: int, trips_per_unit: int = 10**10) -> bytes:
     """A Loop whose trip count comes from the input (the first row's first feature times
     ``trips_per_unit``), so no check of the file can tell how long it runs: about 10^10
     iterations for a wine row. Each iteration adds 1 to a counter; the answer is the count on
@@ -322,3 +322,178 @@ def endless_loop(n_features: int, trips_per_unit: int = 10**10) -> bytes:
         numpy_helper.from_array(np.zeros(1, np.float32), "start"),
     ]
     return bytes(_model(nodes, n_features, initializer).SerializeToString())
+
+
+# --- budgets: tiny files that declare huge work ------------------------------------------------
+#
+# Each is a regressor of ``n_features`` float inputs and one [rows, 1] output, valid for
+# onnx.checker, a few hundred bytes long; what it declares is what costs.
+
+
+def _int64s(name: str, values: list[int]) -> NodeProto:
+    return helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values),
+    )
+
+
+def _plus_scalar(scalar: str, n_features: int, nodes: list[NodeProto]) -> bytes:
+    """``sum(row) + scalar`` for every row: the output depends on ``scalar``, so no optimizer
+    can drop the nodes that make it."""
+    return bytes(onnx_model_of(_plus_scalar_nodes(scalar, nodes), n_features).SerializeToString())
+
+
+def _plus_scalar_nodes(scalar: str, nodes: list[NodeProto]) -> list[NodeProto]:
+    return [
+        *nodes,
+        _int64s("row_axes", [1]),
+        helper.make_node("ReduceSum", ["features", "row_axes"], ["row_sum"], keepdims=1),
+        helper.make_node("Add", ["row_sum", scalar], ["variable"]),
+    ]
+
+
+def onnx_model_of(nodes: list[NodeProto], n_features: int) -> ModelProto:
+    """A regressor: ``features`` [None, n_features] float in, ``variable`` [None, 1] out."""
+    graph = helper.make_graph(
+        nodes,
+        "budget",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, n_features])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def huge_constant(side: int = 100_000, n_features: int = 3) -> bytes:
+    """A ``side`` x ``side`` float tensor of zeros, built at load from a constant shape
+    (40 GB for the default), summed to one value."""
+    return _plus_scalar(
+        "total",
+        n_features,
+        [
+            _int64s("huge_shape", [side, side]),
+            helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
+            helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        ],
+    )
+
+
+def huge_at_run(factor: int = 650, n_features: int = 3) -> bytes:
+    """Float zeros of shape ``(rows x factor, features x factor)``: no shape is constant, so
+    only running the model shows what it takes (5 GB for 1,000 rows of 3 features: an amount
+    this machine could give, so only the trial's memory limit stops it)."""
+    return _plus_scalar(
+        "total",
+        n_features,
+        [
+            helper.make_node("Shape", ["features"], ["input_shape"]),
+            _int64s("factor", [factor, factor]),
+            helper.make_node("Mul", ["input_shape", "factor"], ["huge_shape"]),
+            helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"]),
+            helper.make_node("ReduceSum", ["huge"], ["total"], keepdims=0),
+        ],
+    )
+
+
+def endless_loop(trips: int = 10**10, n_features: int = 3) -> bytes:
+    """A Loop of ``trips`` iterations that adds one each time; its count is the output."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node(
+                "Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.FLOAT, [], [1])
+            ),
+            helper.make_node("Add", ["count_in", "one"], ["count_out"]),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_out", TensorProto.FLOAT, []),
+        ],
+    )
+    return _plus_scalar(
+        "count",
+        n_features,
+        [
+            helper.make_node(
+                "Constant",
+                [],
+                ["trips"],
+                value=helper.make_tensor("trips", TensorProto.INT64, [], [trips]),
+            ),
+            _true("condition"),
+            helper.make_node(
+                "Constant",
+                [],
+                ["zero"],
+                value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0]),
+            ),
+            helper.make_node("Loop", ["trips", "condition", "zero"], ["count"], body=body),
+        ],
+    )
+
+
+def wide_input(width: int = 1_000_000) -> bytes:
+    """One input declared ``[None, width]``, summed per row."""
+    return _plus_scalar("zero_scalar", width, [_zero_scalar()])
+
+
+def many_nodes(count: int, n_features: int = 3) -> bytes:
+    """A chain of ``count`` Identity nodes."""
+    chain = [_zero_scalar("link_0")]
+    chain += [helper.make_node("Identity", [f"link_{i}"], [f"link_{i + 1}"]) for i in range(count)]
+    return _plus_scalar(f"link_{count}", n_features, chain)
+
+
+def _zero_scalar(name: str = "zero_scalar") -> NodeProto:
+    return helper.make_node(
+        "Constant", [], [name], value=helper.make_tensor(name, TensorProto.FLOAT, [], [0])
+    )
+
+
+def huge_sparse_initializer(side: int = 100_000, n_features: int = 3) -> bytes:
+    """A sparse initializer of one stored value whose dense shape is ``side`` x ``side``:
+    ONNX Runtime makes it dense at load."""
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "sparse"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "sparse_indices"),
+        [side, side],
+    )
+    graph = onnx_model_of(
+        _plus_scalar_nodes(
+            "total", [helper.make_node("ReduceSum", ["sparse"], ["total"], keepdims=0)]
+        ),
+        n_features,
+    )
+    graph.graph.sparse_initializer.append(sparse)
+    return bytes(graph.SerializeToString())
+
+
+def loop_without_end(n_features: int = 3) -> bytes:
+    """A Loop with neither a trip count nor a condition: it never stops."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["condition_in"], ["condition_out"]),
+            helper.make_node("Identity", ["count_in"], ["count_out"]),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("condition_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("condition_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("count_out", TensorProto.FLOAT, []),
+        ],
+    )
+    loop = helper.make_node("Loop", ["", "", "zero_scalar"], ["count"], body=body)
+    return _plus_scalar("count", n_features, [_zero_scalar(), loop])

@@ -53,7 +53,7 @@ from tests.helpers import (
     run,
     services_of,
 )
-from tests.ingest.hostile_onnx import endless_loop
+from tests.ingest.hostile_onnx import input_driven_loop
 from tests.registry.support import register_onnx, serve
 from tests.serving import gated_model
 from tests.serving.test_batching import loaded
@@ -120,7 +120,7 @@ def limited(
         register_trained(settings, trained_wine)
         register_native(settings, "linear", linear_model_bytes())
         alice = create_account(settings, "alice@example.com")
-        register_onnx(settings, endless_loop(len(FEATURE_NAMES)), "runaway", owner_id=alice)
+        register_onnx(settings, input_driven_loop(len(FEATURE_NAMES)), "runaway", owner_id=alice)
         with serve(settings) as client:
             yield client
 
@@ -243,7 +243,7 @@ def test_an_onnx_model_that_runs_inline_and_turns_slow_is_moved_off_the_event_lo
     """An ONNX model measured quick runs on the event loop; an input that makes its Loop long
     must not hold the loop: the run is stopped after a moment and goes to the pool, where its
     time limit stops it. Other coroutines keep their turns meanwhile."""
-    runtime = OnnxRuntime(endless_loop(len(FEATURE_NAMES)))
+    runtime = OnnxRuntime(input_driven_loop(len(FEATURE_NAMES)))
     model = loaded("inline-runaway", runtime)
     quick = np.zeros((1, len(FEATURE_NAMES)), np.float32)  # a Loop of 0 iterations
     slow = np.full((1, len(FEATURE_NAMES)), 7.4, np.float32)
@@ -503,7 +503,7 @@ def test_sigterm_stops_runaway_runs_instead_of_waiting_for_them(
     settings = Settings(
         var_dir=wine_home, database_url=f"sqlite+aiosqlite:///{wine_home / 'modelport.db'}"
     )
-    register_onnx(settings, endless_loop(len(FEATURE_NAMES)), "runaway")
+    register_onnx(settings, input_driven_loop(len(FEATURE_NAMES)), "runaway")
     port = free_port()
     server = start_server(
         "--port",

@@ -1,4 +1,5 @@
-"""The model cache: an LRU bounded by count and bytes; one load per version under concurrency."""
+"""The model cache: an LRU bounded by count and memory (the memory bound is tested in
+test_model_cache_budgets.py); one load per version under concurrency."""
 
 from __future__ import annotations
 
@@ -65,24 +66,6 @@ def test_least_recently_used_model_is_evicted_past_the_count_bound(
     # Preloaded [3]; 1 -> [3, 1]; 2 evicts 3; 3 evicts 1; 1 evicts 2 (the least recent).
     assert loaded == [1, 3]
     assert (stats["loads"], stats["evictions"]) == (5, 3)
-
-
-def test_byte_bound_keeps_only_what_fits(
-    make_settings: Callable[..., Settings], trained_wine: TrainedWine
-) -> None:
-    one_model = len(trained_wine.onnx_bytes)
-    settings = make_settings(model_cache_max_bytes=one_model + one_model // 2)
-    register_trained(settings, trained_wine)
-    register_trained(settings, trained_wine)
-    with TestClient(create_app(settings)) as client:
-        wait_until_ready(client)
-        url = "/api/v1/models/wine-quality/versions/1/predict"
-        assert client.post(url, json=WINE_ROW).status_code == 200
-        cache = services_of(client).models
-
-        assert [m.ref.version for m in cache.loaded()] == [1]
-        assert cache.bytes_loaded <= one_model + one_model // 2
-        assert cache.evictions == 1
 
 
 def test_a_version_that_fails_to_load_is_read_once_then_answered_from_memory(

@@ -64,6 +64,8 @@ class PreparedModel:
     signature: Signature
     # source_format, converted, conversion check or native_fallback reason, classes, ...
     details: dict[str, Any] = field(default_factory=dict)
+    # What loading the artifact and a trial inference of the largest batch took (bytes).
+    memory_bytes: int | None = None
 
 
 def prepare_upload(
@@ -73,15 +75,18 @@ def prepare_upload(
     signature: Signature | None = None,
     task: str | None = None,
     allow_pickle: bool = False,
+    budgets: safety.ModelBudgets | None = None,
 ) -> PreparedModel:
-    """Check, convert and describe an uploaded model; raises a 4xx error a user can act on."""
+    """Check, convert and describe an uploaded model, and measure what serving it costs within
+    ``budgets``; raises a 4xx error a user can act on."""
     if not data:
         raise BadRequestError("the uploaded model file is empty")
+    budgets = budgets or safety.ModelBudgets()
     model_file = identify(data, declared_flavor)
     safety.refuse_pickle(model_file.kind, allow_pickle)
     if model_file.kind == "onnx":
-        return _prepare_onnx(model_file.parsed, data, signature, task)
-    return _prepare_native(model_file, signature, task)
+        return _prepare_onnx(model_file.parsed, data, signature, task, budgets)
+    return _prepare_native(model_file, signature, task, budgets)
 
 
 def detect_flavor(data: bytes) -> str:
@@ -93,13 +98,19 @@ def detect_flavor(data: bytes) -> str:
 
 
 def _prepare_onnx(
-    model: onnx.ModelProto, data: bytes, signature: Signature | None, task: str | None
+    model: onnx.ModelProto,
+    data: bytes,
+    signature: Signature | None,
+    task: str | None,
+    budgets: safety.ModelBudgets,
 ) -> PreparedModel:
+    safety.check_onnx_budget(model, budgets)
     safety.check_onnx(model)
     classes = onnx_classes(model)
     inferred = infer_onnx_signature(model, task, classes)
     if signature is not None:
         check_signature_matches(signature, inferred)
+    trial = safety.measure_in_child("onnx", data, budgets)
     details: dict[str, Any] = {
         "source_format": "onnx",
         "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
@@ -113,6 +124,7 @@ def _prepare_onnx(
         source_flavor="onnx",
         signature=signature or inferred,
         details=details,
+        memory_bytes=trial.memory_bytes,
     )
 
 
@@ -182,9 +194,12 @@ def check_signature_matches(given: Signature, inferred: Signature) -> None:
 
 
 def _prepare_native(
-    model_file: ModelFile, signature: Signature | None, task: str | None
+    model_file: ModelFile,
+    signature: Signature | None,
+    task: str | None,
+    budgets: safety.ModelBudgets,
 ) -> PreparedModel:
-    model = _load_native(model_file)
+    model, trial = _load_native(model_file, budgets)
     if task is not None and task != model.task:
         raise InvalidInputError(
             f"the model is registered for {task} but the file holds a {model.task} model",
@@ -216,10 +231,13 @@ def _prepare_native(
     try:
         conversion = convert_verified(model, rows, expected)
     except ConversionFailed as exc:
+        flavor = NATIVE_FLAVORS[model_file.kind]
+        # A booster's trial already ran on these very bytes; a scikit-learn model's runs now.
+        trial = trial or safety.measure_in_child(flavor, model_file.data, budgets)
         return PreparedModel(
             artifact=model_file.data,
             artifact_suffix=ARTIFACT_SUFFIXES[model_file.kind],
-            flavor=NATIVE_FLAVORS[model_file.kind],
+            flavor=flavor,
             source_flavor=model_file.framework,
             signature=signature or inferred,
             details={
@@ -227,7 +245,9 @@ def _prepare_native(
                 "converted": False,
                 "native_fallback": public_text(str(exc), 2000),
             },
+            memory_bytes=trial.memory_bytes,
         )
+    converted = safety.measure_in_child("onnx", conversion.onnx_bytes, budgets)
     return PreparedModel(
         artifact=conversion.onnx_bytes,
         artifact_suffix=".onnx",
@@ -235,20 +255,27 @@ def _prepare_native(
         source_flavor=model_file.framework,
         signature=signature or inferred,
         details={**details, "converted": True, "conversion": conversion.details()},
+        memory_bytes=converted.memory_bytes,
     )
 
 
-def _load_native(model_file: ModelFile) -> NativeRuntime:
+def _load_native(
+    model_file: ModelFile, budgets: safety.ModelBudgets
+) -> tuple[NativeRuntime, safety.Trial | None]:
+    """The model loaded in this process; XGBoost and LightGBM files only after what they
+    declare is within the budgets and a child process loaded them and ran a trial (its
+    measure is returned)."""
     kind, data = model_file.kind, model_file.data
     if kind == "skops":
-        return SklearnRuntime(safety.load_skops(data))
+        return SklearnRuntime(safety.load_skops(data)), None
     if kind in safety.PICKLE_KINDS:  # allowed for this upload: refuse_pickle let it through
-        return PickledSklearnRuntime(safety.load_pickle(data))
+        return PickledSklearnRuntime(safety.load_pickle(data)), None
+    safety.check_boosted_budget(kind, data, model_file.parsed, budgets)
     if model_file.framework == "xgboost":
-        safety.check_loads_in_child("xgboost", data)
-        return XGBoostRuntime(data, parsed=model_file.parsed)
-    safety.check_loads_in_child("lightgbm", data)
-    return LightGBMRuntime(data, header=model_file.parsed)
+        trial = safety.measure_in_child("xgboost", data, budgets)
+        return XGBoostRuntime(data, parsed=model_file.parsed), trial
+    trial = safety.measure_in_child("lightgbm", data, budgets)
+    return LightGBMRuntime(data, header=model_file.parsed), trial
 
 
 def _native_outputs(model: NativeRuntime, expected: dict[str, np.ndarray]) -> tuple[FieldSpec, ...]:

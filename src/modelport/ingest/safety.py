@@ -46,16 +46,23 @@ import lzma
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, GraphProto, NodeProto, TensorProto
+from onnx import AttributeProto, GraphProto, NodeProto, SparseTensorProto, TensorProto
 
-from modelport.errors import BadRequestError, ForbiddenError, public_text
+from modelport.errors import (
+    BadRequestError,
+    ForbiddenError,
+    ServiceUnavailableError,
+    public_text,
+)
 from modelport.ingest import ubjson
 from modelport.ingest.build_only import import_skops_io, without_torch
 
@@ -345,8 +352,11 @@ SELF_CONTAINED_HINT = (
 Item = tuple[str, GraphProto | NodeProto | AttributeProto]
 
 
-def walk(model: onnx.ModelProto) -> Iterator[tuple[str, NodeProto | TensorProto]]:
-    """Every node and every tensor in ``model``, each with a short note of where it sits."""
+def walk(
+    model: onnx.ModelProto,
+) -> Iterator[tuple[str, NodeProto | TensorProto | SparseTensorProto]]:
+    """Every node and every tensor in ``model``, each with a short note of where it sits (a
+    sparse tensor comes as itself and as the tensors of its values and indices)."""
     pending: list[Item] = [("the main graph", model.graph)]
     for index, info in enumerate(model.training_info):
         pending.append((f"training graph {index} (initialization)", info.initialization))
@@ -360,8 +370,7 @@ def walk(model: onnx.ModelProto) -> Iterator[tuple[str, NodeProto | TensorProto]
         if isinstance(item, GraphProto):
             yield from ((f"an initializer of {where}", t) for t in item.initializer)
             for sparse in item.sparse_initializer:
-                yield f"a sparse initializer of {where}", sparse.values
-                yield f"a sparse initializer of {where}", sparse.indices
+                yield from _sparse_parts(f"a sparse initializer of {where}", sparse)
             pending.extend((where, node) for node in item.node)
         elif isinstance(item, NodeProto):
             yield where, item
@@ -370,18 +379,27 @@ def walk(model: onnx.ModelProto) -> Iterator[tuple[str, NodeProto | TensorProto]
         else:
             inside = f"attribute {item.name!r} of {where}"
             yield from ((inside, tensor) for tensor in _attribute_tensors(item))
+            sparse = [item.sparse_tensor] if item.HasField("sparse_tensor") else []
+            for tensor in [*sparse, *item.sparse_tensors]:
+                yield from _sparse_parts(inside, tensor)
             graphs = [item.g] if item.HasField("g") else []
             pending.extend((inside, graph) for graph in [*graphs, *item.graphs])
+
+
+def _sparse_parts(
+    where: str, sparse: SparseTensorProto
+) -> Iterator[tuple[str, SparseTensorProto | TensorProto]]:
+    """The sparse tensor itself (its dense shape is what ONNX Runtime allocates), then the
+    tensors holding its values and indices."""
+    yield where, sparse
+    yield where, sparse.values
+    yield where, sparse.indices
 
 
 def _attribute_tensors(attribute: AttributeProto) -> Iterator[TensorProto]:
     if attribute.HasField("t"):
         yield attribute.t
     yield from attribute.tensors
-    sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
-    for tensor in [*sparse, *attribute.sparse_tensors]:
-        yield tensor.values
-        yield tensor.indices
 
 
 def is_external(tensor: TensorProto) -> bool:
@@ -427,6 +445,261 @@ def check_onnx(model: onnx.ModelProto) -> None:
         raise BadRequestError(
             f"the ONNX model does not pass onnx.checker: {public_text(str(exc))}"
         ) from None
+
+
+# --- budgets: what a model may declare ---------------------------------------------------------
+#
+# A file of a few hundred bytes can declare a graph that builds a tensor of terabytes at load, a
+# loop of 10^10 iterations, an input a million columns wide, or a booster of 10^8 classes. What
+# a file declares is checked here before anything loads it; what loading and running it costs
+# is then measured in a child process (``measure_in_child``).
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelBudgets:
+    """The limits a model file is held to; each is a setting (the names are in the messages)."""
+
+    max_nodes: int = 10_000
+    max_initializer_bytes: int = GiB
+    max_input_width: int = 100_000
+    max_loop_trips: int = 1_000_000
+    max_classes: int = 10_000
+    max_trees: int = 100_000
+    trial_memory_bytes: int = 2 * GiB
+    trial_seconds: float = 30.0
+    trial_rows: int = 1000  # the most rows one runtime call may get
+    trials_at_once: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ModelBudgets:
+        return cls(
+            max_nodes=settings.model_max_nodes,
+            max_initializer_bytes=settings.model_max_initializer_bytes,
+            max_input_width=settings.model_max_input_width,
+            max_loop_trips=settings.model_max_loop_trips,
+            max_classes=settings.model_max_classes,
+            max_trees=settings.model_max_trees,
+            trial_memory_bytes=settings.model_trial_memory_bytes,
+            trial_seconds=settings.model_trial_seconds,
+            trials_at_once=settings.model_trials_at_once,
+            # A request larger than a batch runs alone, whole: the trial runs the larger.
+            trial_rows=max(settings.max_batch_rows, settings.max_batch_size),
+        )
+
+
+def _over_limit(what: str, value: int, limit: int, setting: str, hint: str) -> BadRequestError:
+    return BadRequestError(
+        f"{what} {value:,}, over the limit of {limit:,} (MODELPORT_{setting}); {hint}"
+    )
+
+
+# Nodes whose output size follows from constant inputs or attributes: ONNX Runtime builds them
+# at load when their inputs are constant (constant folding), or at the first call.
+_SHAPE_INPUT = {"ConstantOfShape": 0, "Expand": 1}
+_SHAPE_ATTRIBUTE = ("RandomNormal", "RandomUniform")
+_SMALL_CONSTANT = 64  # elements: shapes, trip counts and ranges are small tensors
+_CLASS_LABELS = ("classlabels_ints", "classlabels_int64s", "classlabels_strings")
+
+
+def check_onnx_budget(model: onnx.ModelProto, budgets: ModelBudgets) -> None:
+    """400 when the model declares more than the budgets allow: nodes (every graph, nested
+    included), bytes of initializers and constants (by their declared shapes, sparse ones by
+    their dense shape, and tensors built from constant shapes), loop trip counts, input width,
+    and the classes and trees of ``ai.onnx.ml`` ensembles."""
+    _check_input_width(model, budgets)
+    constants = _small_constants(model)
+    nodes = 0
+    total, largest, largest_where = 0, 0, ""
+    for where, item in walk(model):
+        if isinstance(item, NodeProto):
+            nodes += 1
+            _check_loop(item, where, constants, budgets)
+            _check_ensemble(item, where, budgets)
+            size = _built_bytes(item, constants)
+            where = f"node {item.name or item.op_type!r} ({item.op_type}) in {where}"
+        elif isinstance(item, SparseTensorProto):
+            size = _elements(item.dims) * _item_size(item.values.data_type)
+        else:
+            size = _elements(item.dims) * _item_size(item.data_type)
+        total += size
+        if size > largest:
+            largest, largest_where = size, where
+    if nodes > budgets.max_nodes:
+        raise _over_limit(
+            "the number of nodes in the ONNX model (every graph, nested ones included) is",
+            nodes,
+            budgets.max_nodes,
+            "MODEL_MAX_NODES",
+            "serve a smaller graph",
+        )
+    if total > budgets.max_initializer_bytes:
+        raise BadRequestError(
+            f"the ONNX model's initializers and constants declare {total:,} bytes, over the "
+            f"limit of {budgets.max_initializer_bytes:,} (MODELPORT_MODEL_MAX_INITIALIZER_BYTES);"
+            f" the largest, {largest:,} bytes, is in {largest_where}"
+        )
+
+
+def _check_input_width(model: onnx.ModelProto, budgets: ModelBudgets) -> None:
+    """The values one row of each input holds: the product of its fixed dimensions after the
+    first (the batch). Checked before the signature, which has one field per value, is built."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    for graph_input in model.graph.input:
+        if graph_input.name in initializers:
+            continue
+        dims = graph_input.type.tensor_type.shape.dim
+        width = _elements(d.dim_value for d in dims[1:] if d.HasField("dim_value"))
+        if width > budgets.max_input_width:
+            raise _over_limit(
+                f"the width of the ONNX model's input {graph_input.name!r} (values per row) is",
+                width,
+                budgets.max_input_width,
+                "MODEL_MAX_INPUT_WIDTH",
+                "serve a model with fewer features",
+            )
+
+
+def _check_loop(
+    node: NodeProto, where: str, constants: dict[str, np.ndarray], budgets: ModelBudgets
+) -> None:
+    """A ``Loop`` runs at most its trip count ``M``: refused above the limit where ``M`` is a
+    constant. A loop with neither ``M`` nor a condition never ends, and is refused. Where ``M``
+    or the condition is computed, the trial inference and the time limit on every call bound
+    it instead."""
+    if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):
+        return
+    trips = node.input[0] if len(node.input) > 0 else ""
+    condition = node.input[1] if len(node.input) > 1 else ""
+    loop = f"the Loop {node.name!r} in {where}" if node.name else f"a Loop in {where}"
+    if not trips and not condition:
+        raise BadRequestError(
+            f"{loop} has neither a trip count nor a condition, so it never ends; give it a "
+            "trip count"
+        )
+    value = constants.get(trips)
+    if value is not None and value.size == 1:
+        count = int(value.ravel()[0])
+        if count > budgets.max_loop_trips:
+            raise _over_limit(
+                f"the trip count of {loop} is",
+                count,
+                budgets.max_loop_trips,
+                "MODEL_MAX_LOOP_TRIPS",
+                "loop fewer times",
+            )
+
+
+def _check_ensemble(node: NodeProto, where: str, budgets: ModelBudgets) -> None:
+    if node.domain != "ai.onnx.ml":
+        return
+    for attribute in node.attribute:
+        if attribute.name in _CLASS_LABELS:
+            labels = len(attribute.ints) or len(attribute.strings)
+            if labels > budgets.max_classes:
+                raise _over_limit(
+                    f"the number of classes of the {node.op_type} in {where} is",
+                    labels,
+                    budgets.max_classes,
+                    "MODEL_MAX_CLASSES",
+                    "serve a model with fewer classes",
+                )
+        elif attribute.name == "nodes_treeids":
+            trees = len(set(attribute.ints))
+            if trees > budgets.max_trees:
+                raise _over_limit(
+                    f"the number of trees of the {node.op_type} in {where} is",
+                    trees,
+                    budgets.max_trees,
+                    "MODEL_MAX_TREES",
+                    "serve a model with fewer trees",
+                )
+
+
+def _built_bytes(node: NodeProto, constants: dict[str, np.ndarray]) -> int:
+    """Bytes a node builds whatever its input: a ``Constant``'s lists of values, and tensors
+    whose shape is a constant (``ConstantOfShape``, ``Expand`` at least that shape, ``Range``,
+    ``RandomNormal`` / ``RandomUniform``)."""
+    if node.op_type == "Constant":
+        return sum(
+            4 * len(a.floats) + 8 * len(a.ints) + sum(len(v) for v in a.strings)
+            for a in node.attribute
+        )
+    if node.op_type in _SHAPE_INPUT:
+        index = _SHAPE_INPUT[node.op_type]
+        shape = constants.get(node.input[index]) if len(node.input) > index else None
+        if shape is None:
+            return 0
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        # ConstantOfShape makes float32 zeros by default; Expand's type is its input's (>= 1).
+        size = _item_size(value.data_type) if value is not None else 4
+        return _elements(abs(int(d)) for d in shape.ravel()) * (
+            size if node.op_type == "ConstantOfShape" else 1
+        )
+    if node.op_type == "Range":
+        bounds = [constants.get(name) for name in node.input[:3]]
+        if len(bounds) == 3 and all(b is not None and b.size == 1 for b in bounds):
+            start, limit, delta = (float(b.ravel()[0]) for b in bounds if b is not None)
+            if delta and np.isfinite([start, limit, delta]).all():
+                return max(0, int((limit - start) / delta)) * 4
+        return 0
+    if node.op_type in _SHAPE_ATTRIBUTE:
+        dims = next((list(a.ints) for a in node.attribute if a.name == "shape"), [])
+        return _elements(abs(d) for d in dims) * 4
+    return 0
+
+
+def _small_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Small numeric initializers and ``Constant`` outputs by name, across every graph (names
+    are unique in a well-formed model): the values shapes and trip counts are read from."""
+    found: dict[str, np.ndarray] = {}
+    pending: list[GraphProto] = [model.graph]
+    while pending:
+        graph = pending.pop()
+        for tensor in graph.initializer:
+            _remember(found, tensor.name, tensor)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if node.op_type == "Constant" and node.output:
+                    if attribute.name == "value" and attribute.HasField("t"):
+                        _remember(found, node.output[0], attribute.t)
+                    elif attribute.name == "value_ints":
+                        found[node.output[0]] = np.array(attribute.ints, dtype=np.int64)
+                    elif attribute.name == "value_int":
+                        found[node.output[0]] = np.array([attribute.i], dtype=np.int64)
+                    elif attribute.name == "value_float":
+                        found[node.output[0]] = np.array([attribute.f], dtype=np.float64)
+                if attribute.HasField("g"):
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+    return found
+
+
+def _remember(found: dict[str, np.ndarray], name: str, tensor: TensorProto) -> None:
+    if not name or _elements(tensor.dims) > _SMALL_CONSTANT or is_external(tensor):
+        return
+    try:
+        value = onnx.numpy_helper.to_array(tensor)
+    except Exception:  # a malformed tensor: onnx.checker or ONNX Runtime refuses it
+        return
+    if value.dtype.kind in "iuf":
+        found[name] = value
+
+
+def _elements(dims: Any) -> int:
+    count = 1
+    for dim in dims:
+        count *= max(int(dim), 0)
+    return count
+
+
+def _item_size(data_type: int) -> int:
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except (KeyError, ValueError, TypeError):
+        return 1
+    return 8 if dtype == np.dtype(object) else max(dtype.itemsize, 1)
 
 
 # --- XGBoost and LightGBM ----------------------------------------------------------------------
@@ -503,61 +776,188 @@ def lightgbm_header(data: bytes) -> dict[str, str]:
     return header
 
 
-# --- loading in a child process ----------------------------------------------------------------
-
-# Loading XGBoost and LightGBM files is native code that can abort the process on malformed
-# input (LightGBM does on truncated text), so an upload is loaded once in a child first.
-# Optional integrations the libraries import when present; the check needs none of them, and
-# skipping them makes the child start in under a second instead of several.
-_CHILD_PRELUDE = (
-    "import sys\n"
-    "for name in ('sklearn', 'pandas', 'pyarrow', 'polars', 'dask', 'cudf', 'cupy', "
-    "'datatable', 'graphviz', 'matplotlib'):\n"
-    "    sys.modules[name] = None\n"
-    "import numpy as np\n"
-)
-_CHILD_CHECKS = {
-    "xgboost": _CHILD_PRELUDE
-    + (
-        "import xgboost as xgb\n"
-        "b = xgb.Booster()\n"
-        "b.load_model(bytearray(sys.stdin.buffer.read()))\n"
-        "b.predict(xgb.DMatrix(np.zeros((2, b.num_features()))), validate_features=False)\n"
-        "b.get_dump(dump_format='json')\n"
-    ),
-    "lightgbm": _CHILD_PRELUDE
-    + (
-        "import lightgbm as lgb\n"
-        "b = lgb.Booster(model_str=sys.stdin.buffer.read().decode('utf-8'))\n"
-        "b.predict(np.zeros((2, b.num_feature())), num_threads=1)\n"
-        "b.dump_model()\n"
-    ),
-}
-_LIBRARY_NAMES = {"xgboost": "XGBoost", "lightgbm": "LightGBM"}
-CHILD_LOAD_SECONDS = 120.0  # a file the library takes longer to load is refused
+def check_boosted_budget(
+    kind: str, data: bytes, parsed: dict[str, Any], budgets: ModelBudgets
+) -> None:
+    """400 when an XGBoost or LightGBM file declares more classes, trees or features than the
+    budgets allow: the libraries allocate by what the header says (a LightGBM header of 10^8
+    classes makes a prediction of one row take 800 MB), before any tree is read."""
+    if kind == "lightgbm":
+        library = "LightGBM"
+        classes = _count(parsed.get("num_class"), "num_class", library)
+        features = _count(parsed.get("max_feature_idx"), "max_feature_idx", library) + 1
+        trees = data.count(b"\nTree=")
+    else:
+        library = "XGBoost"
+        learner = parsed.get("learner", {})
+        params = learner.get("learner_model_param", {}) if isinstance(learner, dict) else {}
+        params = params if isinstance(params, dict) else {}
+        classes = _count(params.get("num_class", "0"), "num_class", library)
+        features = _count(params.get("num_feature", "0"), "num_feature", library)
+        trees = _xgboost_trees(learner)
+    for what, value, limit, setting in (
+        ("number of classes", classes, budgets.max_classes, "MODEL_MAX_CLASSES"),
+        ("number of trees", trees, budgets.max_trees, "MODEL_MAX_TREES"),
+        ("number of features", features, budgets.max_input_width, "MODEL_MAX_INPUT_WIDTH"),
+    ):
+        if value > limit:
+            raise _over_limit(
+                f"the {library} model's {what} is", value, limit, setting, "serve a smaller model"
+            )
 
 
-def check_loads_in_child(flavor: str, data: bytes, timeout: float = CHILD_LOAD_SECONDS) -> None:
-    """Load ``data`` with the native library in a separate Python; 400 if that fails or dies."""
-    library = _LIBRARY_NAMES[flavor]
+def _count(value: Any, key: str, library: str) -> int:
     try:
-        result = subprocess.run(  # noqa: S603 - our own interpreter and script; data on stdin
-            [sys.executable, "-c", _CHILD_CHECKS[flavor]],
+        return max(int(str(value).strip()), 0)
+    except ValueError:
+        raise BadRequestError(f"the {library} model's {key} is not a whole number") from None
+
+
+def _xgboost_trees(learner: Any) -> int:
+    """Trees an XGBoost document holds or declares (gbtree, or dart's nested gbtree)."""
+    booster = learner.get("gradient_booster", {}) if isinstance(learner, dict) else {}
+    booster = booster if isinstance(booster, dict) else {}
+    model = booster.get("model") or (booster.get("gbtree") or {}).get("model") or {}
+    if not isinstance(model, dict):
+        return 0
+    declared = model.get("gbtree_model_param", {})
+    declared = declared.get("num_trees", "0") if isinstance(declared, dict) else "0"
+    trees = model.get("trees", [])
+    return max(
+        _count(declared, "num_trees", "XGBoost"), len(trees) if isinstance(trees, list) else 0
+    )
+
+
+# --- budgets: what loading and running a model costs, measured in a child process ---------------
+#
+# Loading a model is native code that may abort the process on malformed input (LightGBM does on
+# truncated text), allocate without bound, or run for ever. So a model is first loaded, and a
+# trial inference of the largest batch run, in a separate Python (``modelport.ingest.trial``)
+# under an address-space limit and a wall-time limit: the server process never meets a file
+# that would take it down, and the version records the memory it needs (the model cache is
+# bounded by it). XGBoost and LightGBM uploads meet this before this process touches them.
+
+TRIAL_MODULE = "modelport.ingest.trial"
+_LIBRARIES = {
+    "onnx": "ONNX Runtime",
+    "sklearn": "scikit-learn",
+    "sklearn-pickle": "scikit-learn",
+    "xgboost": "XGBoost",
+    "lightgbm": "LightGBM",
+}
+_MiB = 1024**2
+
+
+class UnsafeToLoadError(BadRequestError):
+    """Loading the model and a trial inference broke the memory or time budget, or killed the
+    loader: this file must never be loaded in the server process."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    memory_bytes: int  # peak resident memory of the load and the trial, above the child's own
+    seconds: float
+
+
+def measure_in_child(flavor: str, data: bytes, budgets: ModelBudgets) -> Trial:
+    """Load ``data`` as ``flavor`` (a serving flavor) and run a trial inference of
+    ``budgets.trial_rows`` rows of zeros in a child Python within the memory and time budgets.
+
+    Raises ``UnsafeToLoadError`` (400) when the child runs out of memory or time or dies, and
+    ``BadRequestError`` when the library cannot load the file at all.
+    """
+    library = _LIBRARIES[flavor]
+    arguments = [str(budgets.trial_rows), str(budgets.trial_memory_bytes)]
+    slots = _trial_slots(budgets.trials_at_once)
+    # Trials at once bound what they take together (each up to the trial memory); an upload
+    # waits for a slot at most as long as one trial may run.
+    if not slots.acquire(timeout=budgets.trial_seconds):
+        raise ServiceUnavailableError(
+            f"{budgets.trials_at_once} other model files are being checked "
+            "(MODELPORT_MODEL_TRIALS_AT_ONCE); try again in a minute"
+        )
+    try:
+        return _run_trial(flavor, library, arguments, data, budgets)
+    finally:
+        slots.release()
+
+
+@functools.cache
+def _trial_slots(count: int) -> threading.BoundedSemaphore:
+    return threading.BoundedSemaphore(count)
+
+
+def _run_trial(
+    flavor: str, library: str, arguments: list[str], data: bytes, budgets: ModelBudgets
+) -> Trial:
+    try:
+        result = subprocess.run(  # noqa: S603 - our own interpreter and module; data on stdin
+            [sys.executable, "-m", TRIAL_MODULE, flavor, *arguments],
             input=data,
             capture_output=True,
-            timeout=timeout,
+            timeout=budgets.trial_seconds,
             check=False,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env=_child_environment(),
         )
-    except subprocess.TimeoutExpired:
-        raise BadRequestError(f"{library} took over {timeout:.0f}s to load the file") from None
-    if result.returncode == 0:
-        return
-    lines = [line for line in result.stderr.decode("utf-8", "replace").splitlines() if line]
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        raise UnsafeToLoadError(
+            f"loading the model and a trial inference of {budgets.trial_rows:,} rows took over "
+            f"{budgets.trial_seconds:g} s, the limit (MODELPORT_MODEL_TRIAL_SECONDS); serve a "
+            "smaller or faster model"
+        ) from None
+    report = _last_json(result.stdout)
+    if result.returncode == 0 and "memory_bytes" in report:
+        memory = int(report["memory_bytes"])
+        if memory > budgets.trial_memory_bytes:
+            raise _out_of_memory(budgets, f"it used {memory // _MiB:,} MiB")
+        return Trial(memory, float(report.get("seconds", 0.0)))
+    reason = public_text(str(report.get("error") or _last_line(result.stderr)), 400)
+    if report.get("out_of_memory"):
+        raise _out_of_memory(budgets, reason)
+    if result.returncode > 0:  # the library refused the file (or, rarely, exited)
+        raise BadRequestError(f"{library} cannot load the file: {reason or 'it is damaged'}")
+    # Killed by a signal (a native abort, a crash): the same file would take the server down.
+    raise UnsafeToLoadError(
+        f"{library} cannot load the file (its loader crashed; loading it would take the server "
+        f"down, or it needs more than the {budgets.trial_memory_bytes // _MiB:,} MiB of "
+        f"MODELPORT_MODEL_TRIAL_MEMORY_BYTES): {reason or 'the file is damaged or truncated'}"
+    )
+
+
+def _out_of_memory(budgets: ModelBudgets, reason: str) -> UnsafeToLoadError:
+    return UnsafeToLoadError(
+        f"loading the model and a trial inference of {budgets.trial_rows:,} rows needs more "
+        f"than {budgets.trial_memory_bytes // _MiB:,} MiB of memory, the limit "
+        f"(MODELPORT_MODEL_TRIAL_MEMORY_BYTES); serve a smaller model ({reason})"
+    )
+
+
+def _child_environment() -> dict[str, str]:
+    """The child finds this very modelport, and its libraries keep to one thread (fewer
+    threads reserve less address space, and the trial leaves the other core to the server)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MALLOC_ARENA_MAX": "2",
+    }
+
+
+def _last_json(stdout: bytes) -> dict[str, Any]:
+    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            return parsed
+    return {}
+
+
+def _last_line(stderr: bytes) -> str:
+    lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     fatal = [line for line in lines if "Fatal" in line or "Error" in line]
-    if fatal or lines:
-        reason = public_text((fatal or lines)[-1])
-    else:
-        reason = "the file is damaged or truncated"
-    crashed = " (its loader crashed)" if result.returncode < 0 else ""
-    raise BadRequestError(f"{library} cannot load the file{crashed}: {reason}")
+    return (fatal or lines or [""])[-1]

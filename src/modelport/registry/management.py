@@ -6,6 +6,7 @@ not 403, for models the caller cannot see, so their existence is not revealed.""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from modelport.auth.principal import Principal
 from modelport.changes import Change, ChangeHub, Topic
 from modelport.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from modelport.ingest.preparation import PreparedModel, prepare_upload
-from modelport.ingest.safety import pickles_allowed
+from modelport.ingest.safety import ModelBudgets, pickles_allowed
 from modelport.registry import service
 from modelport.registry.schemas import VersionForm
 from modelport.registry.tables import Model, ModelAlias, ModelVersion
@@ -119,6 +120,7 @@ async def add_version(
         alias=None if has_production else service.DEFAULT_ALIAS,
         created_by=uploader.user_id,
         version_description=description,
+        memory_bytes=prepared.memory_bytes,
     )
 
 
@@ -200,12 +202,14 @@ class RegistryManager:
         *,
         allow_pickle: bool,
         limit_bounds: LimitBounds | None = None,
+        budgets: ModelBudgets | None = None,
     ) -> None:
         self._sessions = sessions
         self._store = store
         self._changes = changes
         self._allow_pickle = allow_pickle
         self._limit_bounds = limit_bounds or LimitBounds()
+        self._budgets = budgets or ModelBudgets()
 
     def _announce(self, topic: Topic, model_name: str) -> None:
         self._changes.publish(Change(topic, model_name))
@@ -291,6 +295,7 @@ class RegistryManager:
                 signature=signature,
                 task=task,
                 allow_pickle=allow_pickle,
+                budgets=self._budgets,
             )
         )
         for _ in range(VERSION_NUMBER_ATTEMPTS):
@@ -315,6 +320,24 @@ class RegistryManager:
         raise ConflictError(
             f"other uploads to model {name!r} were registered at the same moment; try again"
         )
+
+    async def record_budget(
+        self,
+        model_name: str,
+        version_id: uuid.UUID,
+        memory_bytes: int | None,
+        budget_error: str | None,
+    ) -> None:
+        """Store what loading a version was measured to need, or why it failed its budget (the
+        model cache measures versions stored before budgets existed). A failed version is
+        announced, so every replica stops serving it."""
+        async with self._sessions() as session:
+            await service.record_budget(
+                session, version_id, memory_bytes=memory_bytes, budget_error=budget_error
+            )
+            await session.commit()
+        if budget_error is not None:
+            self._announce("version", model_name)
 
     async def update_version(
         self,

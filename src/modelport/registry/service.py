@@ -38,6 +38,10 @@ class VersionRef:
     inference_timeout_seconds: float | None = None
     max_concurrency: int | None = None
     size_bytes: int = 0
+    # Measured memory of the loaded model and a trial of the largest batch (None: not measured,
+    # e.g. stored before budgets existed); why the version failed its budget, if it did.
+    memory_bytes: int | None = None
+    budget_error: str | None = None
     # Flavor-specific serving facts (e.g. class labels, image preprocessing).
     details: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -57,6 +61,8 @@ def _ref(model: Model, version: ModelVersion) -> VersionRef:
         max_concurrency=model.max_concurrency,
         details=version.details,
         size_bytes=version.size_bytes,
+        memory_bytes=version.memory_bytes,
+        budget_error=version.budget_error,
     )
 
 
@@ -182,7 +188,8 @@ async def resolve(
 
 
 async def production_refs(session: AsyncSession) -> list[VersionRef]:
-    """The versions every ``production`` alias points at: what start-up preloads."""
+    """The versions every ``production`` alias points at: what start-up preloads. A version
+    that failed its budget is never preloaded (asking for it answers why)."""
     rows = await session.execute(
         select(Model, ModelVersion)
         .join(ModelAlias, ModelAlias.model_id == Model.id)
@@ -191,9 +198,28 @@ async def production_refs(session: AsyncSession) -> list[VersionRef]:
             ModelAlias.alias == DEFAULT_ALIAS,
             Model.deleted_at.is_(None),
             ModelVersion.deleted_at.is_(None),
+            ModelVersion.budget_error.is_(None),
         )
     )
     return [_ref(model, version) for model, version in rows]
+
+
+async def record_budget(
+    session: AsyncSession,
+    version_id: uuid.UUID,
+    *,
+    memory_bytes: int | None = None,
+    budget_error: str | None = None,
+) -> None:
+    """Store what a version was measured to need, or why it failed its budget; the caller
+    commits."""
+    version = await session.get(ModelVersion, version_id)
+    if version is None:
+        return
+    if memory_bytes is not None:
+        version.memory_bytes = memory_bytes
+    if budget_error is not None:
+        version.budget_error = budget_error
 
 
 async def register_version(
@@ -214,6 +240,7 @@ async def register_version(
     public: bool = True,
     created_by: uuid.UUID | None = None,
     version_description: str = "",
+    memory_bytes: int | None = None,
 ) -> ModelVersion:
     """Store the artifact, add the next version number and optionally point ``alias`` at it."""
     # Artifacts reach hundreds of MB: written (and fsynced) in a worker thread, not on the loop.
@@ -244,6 +271,7 @@ async def register_version(
         details=details,
         created_by=created_by,
         description=version_description,
+        memory_bytes=memory_bytes,
     )
     session.add(version)
     await session.flush()
