@@ -105,6 +105,7 @@ def test_with_s3_stopped_a_replica_with_its_models_loaded_stays_ready_and_says_s
             "models": "up",
             "prediction_log": "up",
             "artifact_store": "down",
+            "inference": "up",
         }
         assert report["components"]["artifact_store"] == {
             "status": "down",
@@ -151,6 +152,7 @@ def test_a_replica_that_cannot_load_its_models_while_s3_is_stopped_is_not_ready(
             "models": "down",
             "prediction_log": "up",
             "artifact_store": "down",
+            "inference": "up",
         }
         assert report["components"]["models"]["required"] is True
 

@@ -384,6 +384,7 @@ def test_probes_answer_anyone_without_details(client: TestClient, private_model:
         "models": "up",
         "prediction_log": "up",
         "artifact_store": "up",
+        "inference": "up",
     }
 
 

@@ -525,7 +525,11 @@ def test_sigterm_stops_runaway_runs_instead_of_waiting_for_them(
 
     with ThreadPoolExecutor(max_workers=2) as callers:
         url = f"{server.base_url}{RUNAWAY}"
-        calls = [callers.submit(httpx.post, url, json=WINE_ROW, timeout=120) for _ in range(2)]
+        # One after the other: two calls that wait together (for the model's first load) would
+        # share one run.
+        calls = [callers.submit(httpx.post, url, json=WINE_ROW, timeout=120)]
+        wait_for(lambda: busy() == 1, "the first runaway call runs")
+        calls.append(callers.submit(httpx.post, url, json=WINE_ROW, timeout=120))
         wait_for(lambda: busy() == 2, "both runaway calls run")
         started = time.perf_counter()
         returncode = server.terminate()
