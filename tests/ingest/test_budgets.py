@@ -253,6 +253,8 @@ def test_an_accepted_upload_records_the_memory_it_needs(
     assert answer.status_code == 200, answer.text
     memory = stored_memory(settings, "small")
     assert memory is not None and 0 < memory < settings.model_trial_memory_bytes
+    assert response.json()["memory_bytes"] == memory  # the owner sees what it needs
+    assert response.json()["budget_error"] is None
 
 
 def stored_memory(settings: Settings, name: str) -> int | None:

@@ -30,6 +30,12 @@ class VersionOut(BaseModel):
     created_by: uuid.UUID | None
     created_at: datetime
     deleted_at: datetime | None
+    memory_bytes: int | None = Field(
+        default=None, description="Memory the model needed when loaded and run (measured)."
+    )
+    budget_error: str | None = Field(
+        default=None, description="Why this version failed its budget; it is never served."
+    )
 
     @classmethod
     def of(cls, version: ModelVersion) -> VersionOut:
@@ -46,6 +52,8 @@ class VersionOut(BaseModel):
             created_by=version.created_by,
             created_at=version.created_at,
             deleted_at=version.deleted_at,
+            memory_bytes=version.memory_bytes,
+            budget_error=version.budget_error,
         )
 
 
