@@ -21,7 +21,9 @@ from modelport.registry import tables as _registry  # noqa: F401
 target_metadata = Base.metadata
 # Replicas starting together each run their migrations: on PostgreSQL they take turns under this
 # transaction-scoped advisory lock, and the later ones find the schema already at head.
-MIGRATION_LOCK_KEY = 0x6D6F64656C706F72  # "modelpor"
+# Not the key of the image's start-up lock (deploy/docker/bootstrap.py), whose holder runs these
+# migrations from the same process and would otherwise wait for itself.
+MIGRATION_LOCK_KEY = 0x6D6F64656C6D6967  # "modelmig"
 
 
 def _run(connection: Connection) -> None:
