@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +144,13 @@ def admin_headers(test_client: TestClient) -> dict[str, str]:
     email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     create_account(services_of(test_client).settings, email, role="admin")
     return bearer(test_client, email)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds (a hang
+    guard while a state is reached, never a performance requirement)."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.005)

@@ -10,7 +10,6 @@ opens (``gated_model``), so queues fill and deadlines pass without any timing as
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,7 @@ from modelport.serving.batcher import Batcher, BatchPolicy, time_limit
 from modelport.serving.model_cache import LoadedModel
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
-from tests.helpers import OPERATOR, WINE_ROW, run, services_of
+from tests.helpers import OPERATOR, WINE_ROW, run, services_of, wait_until
 from tests.registry.support import serve
 from tests.serving import gated_model
 from tests.serving.v2_support import field_inputs
@@ -281,14 +280,6 @@ def shallow_client(make_settings: Callable[..., Settings]) -> Iterator[TestClien
     yield from gated_app(make_settings, max_queue_depth=2)
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + HANG_GUARD_SECONDS
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.005)
-
-
 def waiting(client: TestClient) -> int:
     services = services_of(client)
     ref = client.portal.call(services.resolver.resolve, "gated", None, None)  # type: ignore[union-attr]
@@ -300,7 +291,7 @@ def hold_the_model(client: TestClient, pool: ThreadPoolExecutor) -> Future[Any]:
     gated_model.GATE.clear()
     gated_model.ENTERED.clear()
     held = pool.submit(client.post, GATED, json=WINE_ROW)
-    wait_for(gated_model.ENTERED.is_set, "the first request reaches the model")
+    wait_until(gated_model.ENTERED.is_set, "the first request reaches the model")
     return held
 
 
@@ -369,7 +360,7 @@ def test_requests_that_queue_together_share_a_call_and_get_the_answers_they_get_
     calls_before, requests_before = batches_seen("gated")
     held = hold_the_model(gated_client, pool)
     queued = [pool.submit(answer, gated_client, call) for call in sent]
-    wait_for(lambda: waiting(gated_client) == len(sent), "every request waits in line")
+    wait_until(lambda: waiting(gated_client) == len(sent), "every request waits in line")
     gated_model.GATE.set()
     together = [future.result(timeout=HANG_GUARD_SECONDS) for future in queued]
     calls, requests_run = batches_seen("gated")
@@ -392,7 +383,7 @@ def test_batch_sizes_are_published_in_metrics(
         pool.submit(gated_client.post, GATED, json={"inputs": [WINE_ROW] * count})
         for count in (2, 3)
     ]
-    wait_for(lambda: waiting(gated_client) == 2, "both requests wait in line")
+    wait_until(lambda: waiting(gated_client) == 2, "both requests wait in line")
     gated_model.GATE.set()
     assert [f.result(timeout=HANG_GUARD_SECONDS).status_code for f in [held, *queued]] == [200] * 3
 
@@ -417,7 +408,7 @@ def test_past_the_queue_depth_a_request_is_refused_at_once_and_never_run(
 ) -> None:
     held = hold_the_model(shallow_client, pool)
     queued = [pool.submit(shallow_client.post, GATED, json=row(alcohol=a)) for a in (10, 11)]
-    wait_for(lambda: waiting(shallow_client) == 2, "two requests wait in line")
+    wait_until(lambda: waiting(shallow_client) == 2, "two requests wait in line")
 
     refused = shallow_client.post(GATED, json=row(alcohol=12))
     refused_v2 = shallow_client.post(GATED_V2, json={"inputs": field_inputs([row(alcohol=13)])})

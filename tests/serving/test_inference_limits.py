@@ -52,6 +52,7 @@ from tests.helpers import (
     register_trained,
     run,
     services_of,
+    wait_until,
 )
 from tests.ingest.hostile_onnx import input_driven_loop
 from tests.registry.support import register_onnx, serve
@@ -155,14 +156,6 @@ def open_gate() -> Iterator[None]:
     gated_model.GATE.set()  # whatever happened, let held requests finish
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + HANG_GUARD_SECONDS
-    while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
-
-
 def load(client: TestClient) -> dict[str, int]:
     return services_of(client).predictions.batcher.load()
 
@@ -210,7 +203,7 @@ def test_runaway_runs_are_stopped_at_their_limit_while_other_models_answer(
     quiet = other_callers(client, pool, lambda: next(rounds, None) is None)
     print_latencies("other callers before the attack", [f.result()[1] for f in quiet])
     attack = runaway_calls(client, pool, 12)
-    wait_for(lambda: load(client)["busy"] >= 1, "a runaway run holds an inference thread")
+    wait_until(lambda: load(client)["busy"] >= 1, "a runaway run holds an inference thread")
     others = other_callers(client, pool, lambda: all(call.done() for call in attack))
 
     answers = [call.result(timeout=HANG_GUARD_SECONDS) for call in attack]
@@ -220,7 +213,7 @@ def test_runaway_runs_are_stopped_at_their_limit_while_other_models_answer(
     assert [status for status, _ in results] == [200] * len(results)
     print_latencies("other callers during the runaway calls", [s for _, s in results])
     # The runs really ended: no inference thread is busy, and each thread serves again.
-    wait_for(lambda: load(client)["busy"] == 0, "every inference thread is free again")
+    wait_until(lambda: load(client)["busy"] == 0, "every inference thread is free again")
     finished = list(pool.map(lambda _: client.post(LINEAR, json=WINE_ROW).status_code, range(4)))
     assert finished == [200] * 4
 
@@ -236,7 +229,7 @@ def test_a_run_is_stopped_once_every_caller_waiting_for_it_has_gone(
 
         assert response.status_code == 504
         assert "deadline" in response.json()["detail"]
-        wait_for(lambda: load(client)["busy"] == 0, "the run stopped with its last caller")
+        wait_until(lambda: load(client)["busy"] == 0, "the run stopped with its last caller")
 
 
 def test_an_onnx_model_that_runs_inline_and_turns_slow_is_moved_off_the_event_loop() -> None:
@@ -352,9 +345,9 @@ def test_a_model_uses_only_its_share_of_the_inference_threads(
         "/api/v1/models/runaway", json={"inference_timeout_seconds": 3 * LIMIT}, headers=admin
     )
     first = runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 1, "the runaway model runs")
+    wait_until(lambda: load(client)["busy"] == 1, "the runaway model runs")
     queued = runaway_calls(client, pool, 3)
-    wait_for(lambda: load(client)["waiting"] == 3, "more runaway calls wait in line")
+    wait_until(lambda: load(client)["waiting"] == 3, "more runaway calls wait in line")
 
     assert load(client)["busy"] == 1  # the other thread stays for the other models
     assert client.post(LINEAR, json=WINE_ROW).status_code == 200
@@ -367,9 +360,9 @@ def test_a_model_uses_only_its_share_of_the_inference_threads(
     assert "max_concurrency may be at most 1 threads" in owner_more.json()["detail"][0]["msg"]
     assert admin_more.status_code == 200
     both = runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 1, "the first runaway run")
+    wait_until(lambda: load(client)["busy"] == 1, "the first runaway run")
     both += runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 2, "the runaway model runs on both threads")
+    wait_until(lambda: load(client)["busy"] == 2, "the runaway model runs on both threads")
     assert [call.result(timeout=HANG_GUARD_SECONDS).status_code for call in both] == [504, 504]
 
 
@@ -378,9 +371,9 @@ def test_past_its_queue_a_busy_model_refuses_at_once_with_retry_after(
 ) -> None:
     with started(limited(max_queue_depth=2)) as client:
         held = runaway_calls(client, pool, 1)
-        wait_for(lambda: load(client)["busy"] == 1, "the runaway model runs")
+        wait_until(lambda: load(client)["busy"] == 1, "the runaway model runs")
         queued = runaway_calls(client, pool, 2)
-        wait_for(lambda: load(client)["waiting"] == 2, "its queue is full")
+        wait_until(lambda: load(client)["waiting"] == 2, "its queue is full")
 
         refused = client.post(RUNAWAY, json=WINE_ROW)
 
@@ -404,9 +397,9 @@ def test_liveness_stays_up_and_readiness_reports_saturation_during_the_attack(
     )
     idle = client.get("/health/ready").json()
     attack = runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 1, "one runaway run")
+    wait_until(lambda: load(client)["busy"] == 1, "one runaway run")
     attack += runaway_calls(client, pool, 3)
-    wait_for(lambda: load(client)["busy"] == 2, "every inference thread runs the runaway model")
+    wait_until(lambda: load(client)["busy"] == 2, "every inference thread runs the runaway model")
 
     live = client.get("/health/live")
     ready = client.get("/health/ready")
@@ -422,7 +415,7 @@ def test_liveness_stays_up_and_readiness_reports_saturation_during_the_attack(
     assert detail.json()["components"]["inference"]["detail"]["busy"] == 2
     for call in attack:
         assert call.result(timeout=HANG_GUARD_SECONDS).status_code == 504
-    wait_for(lambda: load(client)["busy"] == 0, "the runs ended")
+    wait_until(lambda: load(client)["busy"] == 0, "the runs ended")
     assert client.get("/health/ready").json()["components"]["inference"]["status"] == "up"
 
 
@@ -449,13 +442,13 @@ def test_liveness_fails_only_when_every_inference_thread_is_stuck(
         gated_model.GATE.clear()
         gated_model.ENTERED.clear()
         held = pool.submit(client.post, GATED, json=WINE_ROW)
-        wait_for(gated_model.ENTERED.is_set, "the native run starts")
+        wait_until(gated_model.ENTERED.is_set, "the native run starts")
         answer = held.result(timeout=HANG_GUARD_SECONDS)
-        wait_for(lambda: load(client)["stuck"] == 1, "the run is past its limit")
+        wait_until(lambda: load(client)["stuck"] == 1, "the run is past its limit")
 
         stuck = client.get("/health/live")
         gated_model.GATE.set()
-        wait_for(lambda: load(client)["busy"] == 0, "the native run ends")
+        wait_until(lambda: load(client)["busy"] == 0, "the native run ends")
         alive = client.get("/health/live")
 
     assert answer.status_code == 504
@@ -476,9 +469,9 @@ def test_shutting_down_stops_runaway_runs(
         "/api/v1/models/runaway", json={"max_concurrency": 2}, headers=admin_headers(client)
     )
     attack = runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 1, "one runaway run")
+    wait_until(lambda: load(client)["busy"] == 1, "one runaway run")
     attack += runaway_calls(client, pool, 1)
-    wait_for(lambda: load(client)["busy"] == 2, "both threads run the runaway model")
+    wait_until(lambda: load(client)["busy"] == 2, "both threads run the runaway model")
     started = time.perf_counter()
 
     with pytest.raises(StopIteration):
@@ -487,7 +480,7 @@ def test_shutting_down_stops_runaway_runs(
 
     for call in attack:
         call.result(timeout=HANG_GUARD_SECONDS)  # answered (or dropped), never left hanging
-    wait_for(
+    wait_until(
         lambda: not any(t.name.startswith("inference") for t in threading.enumerate()),
         "no inference thread is left",
     )
@@ -528,9 +521,9 @@ def test_sigterm_stops_runaway_runs_instead_of_waiting_for_them(
         # One after the other: two calls that wait together (for the model's first load) would
         # share one run.
         calls = [callers.submit(httpx.post, url, json=WINE_ROW, timeout=120)]
-        wait_for(lambda: busy() == 1, "the first runaway call runs")
+        wait_until(lambda: busy() == 1, "the first runaway call runs")
         calls.append(callers.submit(httpx.post, url, json=WINE_ROW, timeout=120))
-        wait_for(lambda: busy() == 2, "both runaway calls run")
+        wait_until(lambda: busy() == 2, "both runaway calls run")
         started = time.perf_counter()
         returncode = server.terminate()
         print(f"\nSIGTERM with two runaway runs: exited in {time.perf_counter() - started:.2f} s")

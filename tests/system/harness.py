@@ -39,6 +39,7 @@ from modelport.db.engine import create_engine, create_session_factory
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
+from tests.helpers import WINE_ROW
 from tests.monitoring.tcp_proxy import TcpProxy
 from tests.storage.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
 from tests.system.processes import Server, environment, free_port, kill, launch, running
@@ -50,19 +51,6 @@ ADMIN_EMAIL = "operator@example.com"
 ADMIN_PASSWORD = "correct horse battery staple"
 NOTHING_KEPT = ["--save", "", "--appendonly", "no"]  # a Redis that forgets when stopped
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-WINE_ROW: dict[str, float] = {
-    "fixed_acidity": 7.4,
-    "volatile_acidity": 0.7,
-    "citric_acid": 0.0,
-    "residual_sugar": 1.9,
-    "chlorides": 0.076,
-    "free_sulfur_dioxide": 11.0,
-    "total_sulfur_dioxide": 34.0,
-    "density": 0.9978,
-    "ph": 3.51,
-    "sulphates": 0.56,
-    "alcohol": 9.4,
-}
 
 
 def wait_for(
