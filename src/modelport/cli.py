@@ -121,6 +121,7 @@ def serve(
                     max_header_count=settings.max_header_count,
                     max_header_bytes=settings.max_header_bytes,
                     header_timeout_seconds=settings.header_timeout_seconds,
+                    body_timeout_seconds=settings.body_timeout_seconds,
                 )
             ),
         )

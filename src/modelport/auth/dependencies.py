@@ -208,7 +208,21 @@ UserDep = Annotated[Principal, Depends(require_user)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 Reader = Annotated[Principal, Depends(require_scope("read"))]
 SignedInReader = Annotated[Principal, Depends(require_scope("read", anonymous=False))]
-Predictor = Annotated[Principal, Depends(require_scope("predict"))]
+_predict_caller = require_scope("predict")
+Predictor = Annotated[Principal, Depends(_predict_caller)]
+# What the prediction routes' docs say they accept, as FastAPI writes it for ``Predictor``.
+PREDICTOR_SECURITY: dict[str, Any] = {"security": [{"BearerJWT": []}, {"ApiKey": []}]}
+
+
+async def predictor(request: Request) -> Principal:
+    """``Predictor``, called by the prediction routes themselves: FastAPI solving a route's
+    dependencies costs a prediction more than finding its cached caller does. Same credentials,
+    checks and rate limit; the routes add ``PREDICTOR_SECURITY`` to their docs."""
+    credentials = await bearer_scheme(request)
+    api_key = await api_key_scheme(request)
+    return await _predict_caller(request, credentials, api_key)
+
+
 Manager = Annotated[Principal, Depends(require_scope("manage"))]
 
 

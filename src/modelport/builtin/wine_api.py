@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from modelport.auth.dependencies import Predictor
+from modelport.auth.dependencies import PREDICTOR_SECURITY, predictor
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.serving.batcher import TIMEOUT_HEADER
-from modelport.serving.dependencies import PredictionServiceDep
-from modelport.serving.router import PREDICT_ERRORS, json_body, request_id
-from modelport.serving.service import Target
+from modelport.serving.router import PREDICT_ERRORS, json_body, json_response, request_id
+from modelport.serving.service import PredictionService, Target
 
 router = APIRouter(tags=["predict"])
 
@@ -35,12 +34,13 @@ _WINE_BODY = json_body(
     summary="Predict a wine's quality from its 11 measurements",
     description="The built-in wine-quality model (production alias). Send the features as one "
     "flat JSON object; every field is required and bounded (see the schema).",
-    openapi_extra=_WINE_BODY,
+    openapi_extra={**_WINE_BODY, **PREDICTOR_SECURITY},
     responses=PREDICT_ERRORS,
 )
-async def predict_wine(
-    request: Request, predictions: PredictionServiceDep, caller: Predictor
-) -> WinePredictionOut:
+async def predict_wine(request: Request) -> Response:
+    # No FastAPI dependencies on the hot path: each costs more than the work it stands for.
+    caller = await predictor(request)
+    predictions: PredictionService = request.app.state.predictions
     result = await predictions.predict(
         Target(WINE_MODEL_NAME),
         await request.body(),
@@ -49,8 +49,10 @@ async def predict_wine(
         allow_batch=False,
         timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
-    return WinePredictionOut(
-        predicted_quality=result.predictions[0]["predicted_quality"],
-        model_version=result.model_version,
-        timestamp=result.timestamp,
+    return json_response(
+        {
+            "predicted_quality": result.predictions[0]["predicted_quality"],
+            "model_version": result.model_version,
+            "timestamp": result.timestamp,
+        }
     )

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelport.http.headers import API_HEADERS, hardening_for, rate_limit_headers
+from modelport.http.protocol import ANSWERED_KEY, BODY_TIMEOUT_KEY, body_timeout_message
 from modelport.http.proxies import TrustedProxies
 from modelport.monitoring.logs import request_id_var
 
@@ -42,10 +43,6 @@ class BodyTimeoutError(HTTPException):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(408, body_timeout_message(seconds), headers={"Connection": "close"})
-
-
-def body_timeout_message(seconds: float) -> str:
-    return f"the request body stopped arriving for {seconds:g} seconds; send it without pauses"
 
 
 def too_many_headers_message(limit: int) -> str:
@@ -181,21 +178,24 @@ class RequestContextMiddleware:
         refused: HTTPException | None = None  # ours to answer, whatever a body parser makes of it
         replaced = False
         hardening = hardening_for(scope["path"])
+        # `modelport serve`'s protocol times the body itself, with one timer per request
+        # rather than one per read here.
+        read_timeout = None if BODY_TIMEOUT_KEY in scope else self.body_timeout_seconds
 
         async def limited_receive() -> Message:
             nonlocal received, refused, body_done
             if declared > body.limit:  # refused on the first read, before any byte of it
                 refused = BodyTooLargeError(body.limit)
                 raise refused
-            if body_done or self.body_timeout_seconds is None:
+            if body_done or read_timeout is None:
                 # Once the body is read, receive() waits for the caller to hang up: no limit.
                 message = await receive()
             else:
                 try:
-                    async with asyncio.timeout(self.body_timeout_seconds):  # no extra task
+                    async with asyncio.timeout(read_timeout):  # no extra task
                         message = await receive()
                 except TimeoutError:
-                    refused = BodyTimeoutError(self.body_timeout_seconds)
+                    refused = BodyTimeoutError(read_timeout)
                     raise refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -243,8 +243,8 @@ class RequestContextMiddleware:
             await self._send_refusal(send, exc, request_id, started)
         except ClientDisconnect:
             # The caller went away before sending its whole body: nobody to answer, no bug to
-            # log (499 in the access log, as nginx names it).
-            status = 499
+            # log (499 in the access log, as nginx names it), unless the server answered it.
+            status = state.get(ANSWERED_KEY, 499)
         except Exception:
             # A bug: logged here once, with its traceback and the request id, and answered
             # with a body that quotes the id and nothing else. Not re-raised: Starlette's error

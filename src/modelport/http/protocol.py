@@ -4,7 +4,9 @@ and any number of headers, waits forever for a head that never ends, and keeps e
 connection it accepts; here a worker keeps at most ``max_connections``, refuses a head past its
 size or header count with 431, and one that takes too long with 408.
 
-The body's own timeout is the request middleware's (it sees each read the app makes). uvicorn's
+A body that stops arriving while the server waits for it is answered 408 here too: one timer
+per request whose body did not come with its head, instead of a timeout around each read in
+the request middleware (which keeps that, slower, way for other servers). uvicorn's
 h11 protocol has a head size limit (``h11_max_incomplete_event_size``) but answers it with a
 bare 400, counts no headers and is slower than httptools; its ``limit_concurrency`` answers 503
 only once a head is complete, so a connection that never completes one is never refused."""
@@ -32,6 +34,15 @@ _HEAD_END = b"\r\n\r\n"
 # why it was refused.
 _LINGER_SECONDS = 1.0
 _LINGER_BYTES = 1_048_576
+# Set in the scope of every request this protocol serves: the request middleware then leaves
+# the body's timeout to it.
+BODY_TIMEOUT_KEY = "modelport.body_timeout"
+# Set in a request's state when this protocol answered it (the app then sees only a hang-up).
+ANSWERED_KEY = "modelport.answered_by_server"
+
+
+def body_timeout_message(seconds: float) -> str:
+    return f"the request body stopped arriving for {seconds:g} seconds; send it without pauses"
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,7 @@ class ConnectionLimits:
     max_header_count: int
     max_header_bytes: int
     header_timeout_seconds: float
+    body_timeout_seconds: float | None = None  # None: no limit here (the middleware's applies)
 
 
 # Refusals are logged at most once per interval and status, with how many were not: a flood of
@@ -71,9 +83,14 @@ class _Refused(Exception):
     """Raised from a parser callback; httptools wraps it, ``data_received`` answers it."""
 
 
-def refusal(status: int, message: str, extra: tuple[bytes, ...] = ()) -> bytes:
+def refusal(
+    status: int, message: str, extra: tuple[bytes, ...] = (), request_id: str | None = None
+) -> bytes:
     """A whole response in our JSON error shape, closing the connection."""
-    body = orjson.dumps({"detail": message})
+    content = (
+        {"detail": message} if request_id is None else {"detail": message, "request_id": request_id}
+    )
+    body = orjson.dumps(content)
     return b"".join(
         [
             STATUS_LINE[status],
@@ -105,6 +122,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._closing_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
+        self._body_pending = False  # a request's head is in, its body is not all in yet
+        self._body_last = 0.0  # loop time the last piece of it arrived
+        self._body_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._dropped = 0
 
@@ -123,7 +143,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._closing_timer):
+        for timer in (self._head_timer, self._closing_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
         super().connection_lost(exc)
@@ -134,6 +154,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             if self._dropped > _LINGER_BYTES:
                 self.transport.close()
             return
+        if self._body_pending:
+            self._body_last = self.loop.time()
         if self._in_head:
             self._start_head_timer()
             if not self._head_fits(data):
@@ -158,6 +180,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             message = "Invalid HTTP request received."
             self.logger.warning(message)
             self.send_400_response(message)
+            return
+        if self._body_pending and self._body_timer is None and not self._refused:
+            self._start_body_timer(self.limits.body_timeout_seconds)
 
     # Parser callbacks
     def on_message_begin(self) -> None:
@@ -175,6 +200,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self.limits.body_timeout_seconds is not None:
+            self.scope[BODY_TIMEOUT_KEY] = self.limits.body_timeout_seconds  # type: ignore[literal-required]
+            self._body_pending = True  # until on_message_complete, in this read or a later one
+            self._body_last = self.loop.time()
         self._in_head = False
         self._head_bytes, self._head_tail = 0, b""
         if self._head_timer is not None:
@@ -185,6 +214,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         # The next request's head starts with the next byte; its clock with that byte too.
         self._in_head = True
+        self._body_pending = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         super().on_message_complete()
 
     # Limits
@@ -228,7 +261,38 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             f"{self.limits.header_timeout_seconds:g} seconds",
         )
 
-    def _refuse(self, status: int, message: str, extra: tuple[bytes, ...] = ()) -> None:
+    def _start_body_timer(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self._body_timer = self.loop.call_later(seconds, self._body_check)
+
+    def _body_check(self) -> None:
+        """The body is late when none of it came for the limit while the server was reading
+        (a paused read is the server's doing: the app has not taken what came)."""
+        self._body_timer = None
+        limit = self.limits.body_timeout_seconds
+        if not self._body_pending or limit is None or self.transport.is_closing():
+            return
+        idle = self.loop.time() - self._body_last
+        if self.flow.read_paused or idle < limit:
+            self._start_body_timer(limit if self.flow.read_paused else limit - idle)
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:  # answered without reading it all
+            self.transport.close()
+            return
+        state = self.scope.get("state", {})
+        state[ANSWERED_KEY] = 408  # for the access log
+        request_id = state.get("request_id")
+        extra = (b"x-request-id: %s\r\n" % request_id.encode(),) if request_id else ()
+        self._refuse(408, body_timeout_message(limit), extra, request_id)
+
+    def _refuse(
+        self,
+        status: int,
+        message: str,
+        extra: tuple[bytes, ...] = (),
+        request_id: str | None = None,
+    ) -> None:
         """Answer ``status`` and close: at once if the caller is done sending, else after a
         short linger that drops whatever it still sends."""
         self._refused = True
@@ -236,7 +300,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self.transport.write(refusal(status, message, extra))
+        self.transport.write(refusal(status, message, extra, request_id))
         if status == 408 or not self.transport.can_write_eof():
             self.transport.close()
             return

@@ -1,8 +1,10 @@
 """Adaptive batching: concurrent requests for one model version share one runtime call.
 
 Each loaded version has a lane: the requests waiting for it, in arrival order. A request that
-finds its lane idle is dispatched at once, on the next turn of the event loop, so a lone caller
-does not wait; what coalesces is what arrived in that turn or while earlier batches ran. With
+finds nobody waiting for its version does not wait either: a quick model answers it right away
+in the caller's own task (no queue entry, no future, no timer), any other is dispatched on the
+next turn of the event loop. What coalesces is what arrived in that turn or while earlier
+batches ran in the pool. With
 ``max_batch_delay`` above zero a batch may instead wait that long for company (until it holds
 ``max_batch_size`` rows).
 
@@ -196,11 +198,18 @@ class Batcher:
             BATCH_REFUSALS.labels(model=name, reason="deadline").inc()
             raise _deadline_passed()
         lane = self._lanes.get(ref.version_id)
+        policy = self.policy_for(ref)  # a limit just changed applies from now
+        if lane is None and policy.max_batch_delay <= 0:
+            # Nobody waits for this version: a quick model answers right here, in the
+            # caller's task, with no queue entry, future or deadline timer to pay for.
+            outputs = self._run_alone_inline(name, model.runtime, features)
+            if outputs is not None:
+                return outputs
         if lane is None:
-            lane = _Lane(ref.version_id, name, self.policy_for(ref))
+            lane = _Lane(ref.version_id, name, policy)
             self._lanes[ref.version_id] = lane
         else:
-            lane.policy = self.policy_for(ref)  # a limit just changed applies from now
+            lane.policy = policy
         if len(lane.jobs) >= lane.policy.max_queue:
             BATCH_REFUSALS.labels(model=name, reason="queue_full").inc()
             raise OverloadedError(  # with Retry-After
@@ -351,27 +360,12 @@ class Batcher:
         BATCH_ROWS.labels(model=lane.model_name).observe(rows)
         BATCH_REQUESTS.labels(model=lane.model_name).observe(len(batch))
         features = [job.features for job in batch]
-        cost = self._costs.get(runtime)
-        # Only ONNX Runtime inline: its cost follows the rows. A native model may run any Python
-        # (a pipeline's function step) whose past speed says nothing of the next call's.
         stoppable = getattr(runtime, "stoppable", False)
-        quick = (
-            runtime.flavor == "onnx"
-            and stoppable
-            and cost is not None
-            and cost * rows <= self._inline_seconds
-        )
-        if quick:
-            stop = RunStop()
-            self._inline_guard.begin(stop)
-            try:
-                result = run_batch(runtime, features, stop)
-            finally:
-                self._inline_guard.end()
-            if stop.message != _MOVE_TO_POOL:
+        if self._quick(runtime, rows):
+            result = self._run_inline(runtime, features)
+            if result is not None:
                 self._settle(runtime, rows, batch, result)
                 return
-            self._costs[runtime] = math.inf  # never inline again; this batch goes to the pool
         limit = lane.policy.run_seconds
         run = _Run(
             lane.model_name,
@@ -391,6 +385,49 @@ class Batcher:
         self._running_by_model[lane.model_name] = self._running_by_model.get(lane.model_name, 0) + 1
         pooled = loop.run_in_executor(self._pool, run_batch, runtime, features, run.stop_handle)
         pooled.add_done_callback(functools.partial(self._finished, lane, run, runtime, rows, loop))
+
+    def _quick(self, runtime: Any, rows: int) -> bool:
+        """Whether ``rows`` run on the event loop: only ONNX Runtime, whose cost follows the
+        rows, measured quicker than a thread hop. A native model may run any Python (a
+        pipeline's function step) whose past speed says nothing of the next call's."""
+        cost = self._costs.get(runtime)
+        return (
+            cost is not None
+            and runtime.flavor == "onnx"
+            and getattr(runtime, "stoppable", False)
+            and cost * rows <= self._inline_seconds
+        )
+
+    def _run_inline(self, runtime: Any, features: list[np.ndarray]) -> _BatchResult | None:
+        """The batch run on the event loop; None if it turned out slow and was stopped (the
+        model never runs inline again, and the batch goes to the pool)."""
+        stop = RunStop()
+        self._inline_guard.begin(stop)
+        try:
+            result = run_batch(runtime, features, stop)
+        finally:
+            self._inline_guard.end()
+        if stop.message == _MOVE_TO_POOL:
+            self._costs[runtime] = math.inf
+            return None
+        return result
+
+    def _run_alone_inline(self, name: str, runtime: Any, features: np.ndarray) -> Outputs | None:
+        """One request's outputs, run at once on the event loop when its model is quick; None
+        when it is not (or turned out slow): then it queues like any other."""
+        rows = int(features.shape[0])
+        if not self._quick(runtime, rows):
+            return None
+        result = self._run_inline(runtime, [features])
+        if result is None:
+            return None
+        BATCH_ROWS.labels(model=name).observe(rows)
+        BATCH_REQUESTS.labels(model=name).observe(1)
+        self._learn_cost(runtime, rows, result[1])
+        [outcome] = result[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def _finished(
         self,
@@ -428,6 +465,14 @@ class Batcher:
             lane.wakeup = None
         self._dispatch(lane, loop)
 
+    def _learn_cost(self, runtime: Any, rows: int, seconds: float) -> None:
+        if seconds > 0 and runtime.flavor == "onnx":  # only ONNX models may run inline
+            per_row = seconds / rows
+            known = self._costs.get(runtime)
+            self._costs[runtime] = (
+                per_row if known is None else known + _COST_WEIGHT * (per_row - known)
+            )
+
     def _settle(
         self,
         runtime: Any,
@@ -436,12 +481,7 @@ class Batcher:
         result: _BatchResult,
     ) -> None:
         outcomes, seconds = result
-        if seconds > 0 and runtime.flavor == "onnx":  # only ONNX models may run inline
-            per_row = seconds / rows
-            known = self._costs.get(runtime)
-            self._costs[runtime] = (
-                per_row if known is None else known + _COST_WEIGHT * (per_row - known)
-            )
+        self._learn_cost(runtime, rows, seconds)
         for job, outcome in zip(batch, outcomes, strict=True):
             if job.future.done():  # its caller's deadline passed while the batch ran
                 continue

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+import orjson
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from modelport.auth.dependencies import Predictor
+from modelport.auth.dependencies import PREDICTOR_SECURITY, predictor
 from modelport.auth.principal import Principal
 from modelport.http.uploads import is_multipart, read_upload
-from modelport.images.dependencies import ImageServiceDep
 from modelport.images.service import ImageService
 from modelport.runtimes.signature import Signature
 from modelport.serving.batcher import TIMEOUT_HEADER
-from modelport.serving.dependencies import PredictionServiceDep
 from modelport.serving.schemas import PredictionsOut
-from modelport.serving.service import PredictionResult, PredictionService, Target
+from modelport.serving.service import PredictionService, Target
 
 ModelName = Annotated[str, Path(max_length=128, description="Model name, e.g. wine-quality")]
 AliasQuery = Annotated[
@@ -80,47 +79,50 @@ def _generic_body(example: Signature) -> dict[str, Any]:
     return body
 
 
+def json_response(content: dict[str, Any]) -> Response:
+    """The answer as JSON, encoded once by orjson: the routes keep ``response_model`` for their
+    docs, and FastAPI passes a ``Response`` through without validating it again."""
+    return Response(orjson.dumps(content, option=orjson.OPT_UTC_Z), media_type="application/json")
+
+
 def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-async def _classify_upload(
-    request: Request, images: ImageService, caller: Principal, target: Target
-) -> PredictionsOut:
+async def _classify_upload(request: Request, caller: Principal, target: Target) -> Response:
     """Image models take a multipart upload (field ``file``) and answer the top 5 at once."""
+    images: ImageService = request.app.state.images
     upload = await read_upload(request, "image")
     result = await images.classify_now(
         caller, target.name, upload.data, request_id(request), target.version, target.alias
     )
-    return PredictionsOut(
-        model_name=result.model_name,
-        model_version=result.model_version,
-        predictions=result.top5,
-        processing_time_ms=round(result.latency_ms, 3),
-        request_id=request_id(request),
+    return _predictions_out(
+        result.model_name, result.model_version, result.top5, result.latency_ms, request
     )
 
 
-def _predictions_out(result: PredictionResult) -> PredictionsOut:
-    return PredictionsOut(
-        model_name=result.model_name,
-        model_version=result.model_version,
-        predictions=result.predictions,
-        processing_time_ms=round(result.processing_time_ms, 3),
-        request_id=result.request_id,
+def _predictions_out(
+    name: str, version: str, predictions: list[Any], elapsed_ms: float, request: Request
+) -> Response:
+    """A ``PredictionsOut``, encoded directly."""
+    return json_response(
+        {
+            "model_name": name,
+            "model_version": version,
+            "predictions": predictions,
+            "processing_time_ms": round(elapsed_ms, 3),
+            "request_id": request_id(request),
+        }
     )
 
 
-async def _answer(
-    request: Request,
-    predictions: PredictionService,
-    images: ImageService,
-    caller: Principal,
-    target: Target,
-) -> PredictionsOut:
-    """Both predict routes: an image model takes a multipart upload, any other a JSON body."""
+async def _answer(request: Request, target: Target) -> Response:
+    """Both predict routes: an image model takes a multipart upload, any other a JSON body.
+    No FastAPI dependencies on this path: each costs more than the work it stands for."""
+    caller = await predictor(request)
     if is_multipart(request):
-        return await _classify_upload(request, images, caller, target)
+        return await _classify_upload(request, caller, target)
+    predictions: PredictionService = request.app.state.predictions
     result = await predictions.predict(
         target,
         await request.body(),
@@ -128,13 +130,19 @@ async def _answer(
         caller,
         timeout_header=request.headers.get(TIMEOUT_HEADER),
     )
-    return _predictions_out(result)
+    return _predictions_out(
+        result.model_name,
+        result.model_version,
+        result.predictions,
+        result.processing_time_ms,
+        request,
+    )
 
 
 def create_router(example: Signature) -> APIRouter:
     """The generic prediction routes, documented with a row of ``example``."""
     router = APIRouter(tags=["predict"])
-    body = _generic_body(example)
+    body = {**_generic_body(example), **PREDICTOR_SECURITY}
 
     @router.post(
         "/api/v1/models/{name}/predict",
@@ -143,16 +151,8 @@ def create_router(example: Signature) -> APIRouter:
         openapi_extra=body,
         responses=PREDICT_ERRORS,
     )
-    async def predict(
-        name: ModelName,
-        request: Request,
-        predictions: PredictionServiceDep,
-        images: ImageServiceDep,
-        caller: Predictor,
-        alias: AliasQuery = None,
-    ) -> PredictionsOut:
-        target = Target(name, alias=alias)
-        return await _answer(request, predictions, images, caller, target)
+    async def predict(name: ModelName, request: Request, alias: AliasQuery = None) -> Response:
+        return await _answer(request, Target(name, alias=alias))
 
     @router.post(
         "/api/v1/models/{name}/versions/{version}/predict",
@@ -165,11 +165,7 @@ def create_router(example: Signature) -> APIRouter:
         name: ModelName,
         version: Annotated[int, Path(ge=1, le=1_000_000)],
         request: Request,
-        predictions: PredictionServiceDep,
-        images: ImageServiceDep,
-        caller: Predictor,
-    ) -> PredictionsOut:
-        target = Target(name, version=version)
-        return await _answer(request, predictions, images, caller, target)
+    ) -> Response:
+        return await _answer(request, Target(name, version=version))
 
     return router

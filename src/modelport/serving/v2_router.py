@@ -7,7 +7,6 @@ cannot use (the REST endpoints answer 422 with field-by-field details instead).
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
@@ -16,18 +15,16 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from modelport import __version__
-from modelport.auth.dependencies import Predictor, Reader
+from modelport.auth.dependencies import PREDICTOR_SECURITY, Reader, predictor
 from modelport.auth.principal import Principal
 from modelport.db.dependencies import EngineDep, SessionFactoryDep
 from modelport.db.engine import database_is_reachable
 from modelport.errors import InvalidInputError, ModelportError, UnsupportedMediaTypeError
-from modelport.http.dependencies import SettingsDep
 from modelport.http.errors import log_failure
 from modelport.monitoring.logs import request_id_var
 from modelport.runtimes.signature import Signature
 from modelport.serving.batcher import TIMEOUT_HEADER
-from modelport.serving.dependencies import ModelCacheDep, PredictionServiceDep, ResolverDep
-from modelport.serving.model_cache import ModelCache
+from modelport.serving.dependencies import ModelCacheDep, ResolverDep
 from modelport.serving.service import PredictionService, Target
 from modelport.serving.v2_codec import BINARY_HEADER
 from modelport.serving.v2_schemas import (
@@ -190,24 +187,6 @@ async def get_directory(
 DirectoryDep = Annotated[ModelDirectory, Depends(get_directory)]
 
 
-@dataclass(frozen=True)
-class Inference:
-    """What an infer call needs: the shared prediction path and the tensor decoder's inputs."""
-
-    predictions: PredictionService
-    models: ModelCache
-    max_batch_rows: int
-
-
-async def get_inference(
-    predictions: PredictionServiceDep, models: ModelCacheDep, settings: SettingsDep
-) -> Inference:
-    return Inference(predictions, models, settings.max_batch_rows)
-
-
-InferenceDep = Annotated[Inference, Depends(get_inference)]
-
-
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="modelport", version=__version__, extensions=EXTENSIONS)
 
@@ -263,9 +242,14 @@ async def version_ready(
     return await _model_ready(directory, caller, name, parse_version(name, version))
 
 
-async def _infer(request: Request, infer: Inference, caller: Principal, target: Target) -> Response:
-    predictions = infer.predictions
-    call = InferCall(infer.models, infer.max_batch_rows, request.headers.get(BINARY_HEADER))
+async def _infer(request: Request, target: Target) -> Response:
+    """Both infer routes. No FastAPI dependencies on this path: each costs more than the work
+    it stands for."""
+    caller = await predictor(request)
+    state = request.app.state
+    predictions: PredictionService = state.predictions
+    max_rows = state.settings.max_batch_rows
+    call = InferCall(state.models, max_rows, request.headers.get(BINARY_HEADER))
     result = await predictions.predict_with(
         target,
         await request.body(),
@@ -279,20 +263,16 @@ async def _infer(request: Request, infer: Inference, caller: Principal, target: 
     return Response(body, headers=headers)
 
 
-async def infer(
-    name: ModelName, request: Request, inference: InferenceDep, caller: Predictor
-) -> Response:
-    return await _infer(request, inference, caller, Target(name))
+async def infer(name: ModelName, request: Request) -> Response:
+    return await _infer(request, Target(name))
 
 
 async def infer_version(
     name: ModelName,
     version: VersionPath,
     request: Request,
-    inference: InferenceDep,
-    caller: Predictor,
 ) -> Response:
-    return await _infer(request, inference, caller, Target(name, parse_version(name, version)))
+    return await _infer(request, Target(name, parse_version(name, version)))
 
 
 def create_router(example: Signature) -> APIRouter:
@@ -300,7 +280,7 @@ def create_router(example: Signature) -> APIRouter:
     router = APIRouter(
         prefix="/v2", tags=["open inference protocol (v2)"], route_class=ProtocolRoute
     )
-    infer_body = _infer_body(example)
+    infer_body = {**_infer_body(example), **PREDICTOR_SECURITY}
     router.add_api_route(
         "",
         server_metadata,
