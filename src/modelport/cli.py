@@ -8,11 +8,14 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from modelport.settings import Settings, SettingsError, load_settings
+
+# What each worker process imports and calls to build its app.
+APP_FACTORY = "modelport.app:create_app_from_env"
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -88,6 +91,7 @@ def serve(
     import uvicorn
 
     from modelport.db.migrate import upgrade
+    from modelport.http.listening import supports_reuse_port
     from modelport.http.protocol import ConnectionLimits, limited_protocol
     from modelport.monitoring.logs import configure_logging
     from modelport.workers import shared_run_dir
@@ -100,31 +104,51 @@ def serve(
     processes = workers or settings.workers
     # Several workers share a fresh directory (metrics files, rate-limit buckets without
     # Redis), named in the environment before they start: see modelport.workers.
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "workers": processes,
+        "log_config": None,
+        "access_log": False,  # our middleware writes the access log, with request ids
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say; the
+        # app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address reaches it.
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_flush_seconds) + 5,
+        # uvicorn's httptools protocol with limits on connections, request heads and bodies.
+        "http": limited_protocol(
+            ConnectionLimits(
+                max_connections=settings.max_connections,
+                max_header_count=settings.max_header_count,
+                max_header_bytes=settings.max_header_bytes,
+                header_timeout_seconds=settings.header_timeout_seconds,
+                body_timeout_seconds=settings.body_timeout_seconds,
+            )
+        ),
+    }
+    # Several workers share a fresh directory (metrics files, rate-limit buckets without
+    # Redis), named in the environment before they start: see modelport.workers.
     with shared_run_dir(settings.var_dir, processes):
-        uvicorn.run(
-            "modelport.app:create_app_from_env",
-            factory=True,
-            host=host or settings.host,
-            port=port or settings.port,
-            workers=processes,
-            log_config=None,
-            access_log=False,  # our middleware writes the access log, with request ids
-            # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say;
-            # the app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address
-            # reaches it.
-            proxy_headers=False,
-            timeout_graceful_shutdown=int(settings.shutdown_flush_seconds) + 5,
-            # uvicorn's httptools protocol with limits on connections and request heads.
-            http=limited_protocol(
-                ConnectionLimits(
-                    max_connections=settings.max_connections,
-                    max_header_count=settings.max_header_count,
-                    max_header_bytes=settings.max_header_bytes,
-                    header_timeout_seconds=settings.header_timeout_seconds,
-                    body_timeout_seconds=settings.body_timeout_seconds,
-                )
-            ),
-        )
+        if processes > 1 and supports_reuse_port():
+            _serve_workers(uvicorn.Config(APP_FACTORY, **options))
+        else:
+            uvicorn.run(APP_FACTORY, **options)
+
+
+def _serve_workers(config: Any) -> None:
+    """uvicorn's worker supervisor (restarts, signals), each worker listening on a socket of its
+    own so the kernel spreads connections over them (modelport.http.listening)."""
+    from uvicorn.supervisors import Multiprocess
+
+    from modelport.http.listening import WorkerSocket
+
+    try:
+        reserved = WorkerSocket.reserve(config.host, config.port)
+    except OSError as exc:
+        typer.echo(f"cannot listen on {config.host}:{config.port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    with reserved, contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[reserved]).run()
 
 
 @db_app.command("upgrade")

@@ -214,6 +214,10 @@ def test_two_workers_share_metrics_and_rate_limits(
         assert spread([predict_as(address) for address in addresses]) == [200] * 80
         sent += 80
 
+    # Each worker listens on a socket of its own (the kernel spreads connections over them),
+    # and the main process on none.
+    assert listening_sockets(port) == 2
+
     # Every scrape, whichever worker answers it, counts the predictions of both.
     def scrape(client: httpx.Client) -> int:
         text = client.get(f"{server.base_url}/metrics", headers=OPERATOR).text
@@ -228,6 +232,16 @@ def test_two_workers_share_metrics_and_rate_limits(
 
     assert_clean_exit(server, server.terminate())
     assert not list((wine_home / "run").glob("*/serve-*"))  # the run's directory is gone
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets in the LISTEN state on ``port`` (IPv4 loopback), from the kernel's table."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            count += 1
+    return count
 
 
 def test_the_default_is_one_worker_per_usable_core(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from modelport.images.tables import ImagePrediction
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
 from modelport.jobs.tables import Job
-from modelport.monitoring.metrics import PREDICTION_SECONDS, PREDICTIONS
+from modelport.monitoring.metrics import count_prediction
 from modelport.monitoring.prediction_log import LogEntry, PredictionLogWriter
 from modelport.registry.service import VersionRef
 from modelport.serving.model_cache import ModelCache
@@ -214,8 +214,7 @@ class ImageService:
         elapsed_ms = (time.perf_counter() - started) * 1000
         # Label by registered name only: a caller's made-up names must not grow the metrics.
         model_label = ref.model_name if ref is not None else "unresolved"
-        PREDICTIONS.labels(model=model_label, status=status).inc()
-        PREDICTION_SECONDS.labels(model=model_label).observe(elapsed_ms / 1000)
+        count_prediction(model_label, status, elapsed_ms / 1000)
         self.log.record(
             LogEntry(
                 request_id=request_id,

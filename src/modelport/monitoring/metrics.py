@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
@@ -46,6 +48,36 @@ BATCH_REFUSALS = Counter(
     "Requests answered without running: queue full (503) or deadline passed (504)",
     ["model", "reason"],
 )
+
+
+# Labelled series are looked up once per process: ``labels()`` takes a lock and builds a key
+# on every call, a cost paid several times on every prediction. Labels are registered model
+# names and a few fixed words, so the set stays small.
+_SERIES = 4096
+
+
+@lru_cache(maxsize=_SERIES)
+def _prediction_series(model: str, status: str) -> tuple[Any, Any]:
+    return PREDICTIONS.labels(model=model, status=status), PREDICTION_SECONDS.labels(model=model)
+
+
+@lru_cache(maxsize=_SERIES)
+def _batch_series(model: str) -> tuple[Any, Any]:
+    return BATCH_ROWS.labels(model=model), BATCH_REQUESTS.labels(model=model)
+
+
+def count_prediction(model: str, status: str, seconds: float) -> None:
+    """One prediction request answered (``status``: success, invalid_input or error)."""
+    count, duration = _prediction_series(model, status)
+    count.inc()
+    duration.observe(seconds)
+
+
+def count_batch(model: str, rows: int, requests: int) -> None:
+    """One runtime call of ``rows`` rows from ``requests`` coalesced requests."""
+    batch_rows, batch_requests = _batch_series(model)
+    batch_rows.observe(rows)
+    batch_requests.observe(requests)
 
 
 def _multiprocess_dir() -> str | None:

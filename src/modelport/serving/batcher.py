@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from modelport.errors import BadRequestError, DeadlineExceededError, OverloadedError
-from modelport.monitoring.metrics import BATCH_REFUSALS, BATCH_REQUESTS, BATCH_ROWS
+from modelport.monitoring.metrics import BATCH_REFUSALS, count_batch
 from modelport.registry.service import VersionRef
 from modelport.runtimes.onnx import RunStop
 from modelport.serving.model_cache import LoadedModel
@@ -357,8 +357,7 @@ class Batcher:
     def _start(self, lane: _Lane, batch: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         runtime = batch[0].model.runtime
         rows = sum(job.rows for job in batch)
-        BATCH_ROWS.labels(model=lane.model_name).observe(rows)
-        BATCH_REQUESTS.labels(model=lane.model_name).observe(len(batch))
+        count_batch(lane.model_name, rows, len(batch))
         features = [job.features for job in batch]
         stoppable = getattr(runtime, "stoppable", False)
         if self._quick(runtime, rows):
@@ -421,8 +420,7 @@ class Batcher:
         result = self._run_inline(runtime, [features])
         if result is None:
             return None
-        BATCH_ROWS.labels(model=name).observe(rows)
-        BATCH_REQUESTS.labels(model=name).observe(1)
+        count_batch(name, rows, 1)
         self._learn_cost(runtime, rows, result[1])
         [outcome] = result[0]
         if isinstance(outcome, Exception):
