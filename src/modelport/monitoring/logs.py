@@ -31,6 +31,9 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    # No line shows the thread or process: skip looking them up for every record (the
+    # access log writes one per request).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
