@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from modelport.images.decoding import to_tensor
+from modelport.images.decoding import read_image
 from modelport.serving.model_cache import LoadedModel
 
 TOP_K = 5
@@ -30,15 +30,27 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 async def classify(model: LoadedModel, data: bytes, max_pixels: int) -> Classification:
     """Decode, preprocess and infer off the event loop."""
-    details = model.ref.details
     started = time.perf_counter()
 
     def work() -> np.ndarray:
-        tensor = to_tensor(data, details["preprocessing"], max_pixels)
-        return softmax(np.asarray(model.runtime.predict(tensor), dtype=np.float64)[0])
+        _, tensor = read_image(data, model.ref.details["preprocessing"], max_pixels)
+        return _probabilities(model, tensor)
 
-    probabilities = await anyio.to_thread.run_sync(work)
-    labels: list[str] = details["labels"]
+    return _top(model, await anyio.to_thread.run_sync(work), started)
+
+
+async def classify_tensor(model: LoadedModel, tensor: np.ndarray, started: float) -> Classification:
+    """Infer off the event loop, on an image already decoded (``read_image``) since
+    ``started`` (``time.perf_counter()``)."""
+    return _top(model, await anyio.to_thread.run_sync(_probabilities, model, tensor), started)
+
+
+def _probabilities(model: LoadedModel, tensor: np.ndarray) -> np.ndarray:
+    return softmax(np.asarray(model.runtime.predict(tensor), dtype=np.float64)[0])
+
+
+def _top(model: LoadedModel, probabilities: np.ndarray, started: float) -> Classification:
+    labels: list[str] = model.ref.details["labels"]
     best = np.argsort(-probabilities)[:TOP_K]
     return Classification(
         top5=[

@@ -78,6 +78,10 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     """Check the whole file decodes (a truncated upload is refused here, not in the job)."""
     image = _open(data, max_pixels)
     _decode(image)
+    return _info(image)
+
+
+def _info(image: Image.Image) -> ImageInfo:
     width, height = image.size
     if image.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:  # shown upright, it is turned
         width, height = height, width
@@ -96,10 +100,17 @@ def _decode(image: Image.Image) -> None:
 
 def to_tensor(data: bytes, preprocessing: dict[str, Any], max_pixels: int) -> np.ndarray:
     """RGB, EXIF orientation applied, resized, normalised ``(x - mean) / scale``, NCHW float32."""
+    return read_image(data, preprocessing, max_pixels)[1]
+
+
+def read_image(
+    data: bytes, preprocessing: dict[str, Any], max_pixels: int
+) -> tuple[ImageInfo, np.ndarray]:
+    """What ``inspect_image`` and ``to_tensor`` give, from one decode of the file."""
     image = _open(data, max_pixels)
     _decode(image)
     upright = ImageOps.exif_transpose(image) or image
     width, height = preprocessing["size"]
     rgb = upright.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
     pixels = (np.asarray(rgb, dtype=np.float32) - preprocessing["mean"]) / preprocessing["scale"]
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])
+    return _info(image), np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis])

@@ -24,8 +24,8 @@ from modelport.errors import (
     NotFoundError,
     UnsupportedMediaTypeError,
 )
-from modelport.images.classifier import Classification, classify
-from modelport.images.decoding import inspect_image
+from modelport.images.classifier import Classification, classify, classify_tensor
+from modelport.images.decoding import inspect_image, read_image
 from modelport.images.tables import ImagePrediction
 from modelport.jobs import service as jobs
 from modelport.jobs.runner import JobRunner, PermanentJobError
@@ -174,14 +174,17 @@ class ImageService:
                 )
             if not data:
                 raise BadRequestError("the uploaded file is empty")
-            info = await anyio.to_thread.run_sync(inspect_image, data, self.max_pixels)
+            # One decode both checks the whole file and gives the model its tensor.
+            info, tensor = await anyio.to_thread.run_sync(
+                read_image, data, ref.details["preprocessing"], self.max_pixels
+            )
             inputs["image"] = {
                 "format": info.format,
                 "width": info.width,
                 "height": info.height,
                 "bytes": len(data),
             }
-            result = await classify(await self.models.get(ref), data, self.max_pixels)
+            result = await classify_tensor(await self.models.get(ref), tensor, started)
         except ModelportError as exc:
             status = "invalid_input" if exc.status_code in _CALLERS_INPUT else "error"
             self._record_now(
