@@ -156,15 +156,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if self._body_pending:
             self._body_last = self.loop.time()
-        if self._in_head:
-            self._start_head_timer()
-            if not self._head_fits(data):
-                self._refuse(
-                    431,
-                    f"the request line and headers are larger than "
-                    f"{self.limits.max_header_bytes} bytes",
-                )
-                return
+        if self._in_head and not self._head_fits(data):
+            self._refuse(
+                431,
+                f"the request line and headers are larger than "
+                f"{self.limits.max_header_bytes} bytes",
+            )
+            return
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -181,7 +179,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self.logger.warning(message)
             self.send_400_response(message)
             return
-        if self._body_pending and self._body_timer is None and not self._refused:
+        if self._refused:
+            return
+        # Timers only for what is still arriving: most requests come whole in one read, and
+        # a timer set and cancelled for each costs more than the rest of this method.
+        if self._in_head and self._head_bytes:  # a head begun, not finished
+            self._start_head_timer()
+        elif self._body_pending and self._body_timer is None:
             self._start_body_timer(self.limits.body_timeout_seconds)
 
     # Parser callbacks
