@@ -19,12 +19,9 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +30,7 @@ from pathlib import Path
 
 import httpx
 from redis import Redis
+from servers import ServerError, clean_env, free_port, launch
 from sqlalchemy import text
 
 from modelport.auth.service import create_user
@@ -45,7 +43,6 @@ from modelport.storage.factory import open_artifact_store
 
 MODELPORT = Path(sys.executable).with_name("modelport")
 PY_SPY = Path(sys.executable).with_name("py-spy")
-READY_TIMEOUT_SECONDS = 120.0
 ROW = {
     "fixed_acidity": 7.4,
     "volatile_acidity": 0.7,
@@ -100,12 +97,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _admin(url: str, statement: str) -> None:
     engine = create_engine(url)
     try:
@@ -147,33 +138,15 @@ def prepare(settings: Settings, admin: bool) -> None:
 
 @contextmanager
 def serve(env: dict[str, str], port: int, workers: int, log: Path) -> Iterator[int]:
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [str(MODELPORT), "serve", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    """``modelport serve`` started the way benchmarks/servers.py starts every server; its pid."""
+    argv = [str(MODELPORT), "serve", "--port", str(port), "--workers", str(workers)]
+    ready = f"http://127.0.0.1:{port}/health/ready"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"modelport serve did not start:\n{log.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        with launch(argv, env=env, cwd=Path.cwd(), log=log, ready_url=ready) as process:
+            yield process.pid
+    except ServerError:
+        # The log is in a temporary folder about to be removed: show it now.
+        sys.exit(f"modelport serve did not start:\n{log.read_text(errors='replace')}")
 
 
 def api_key(base_url: str) -> str:
@@ -249,8 +222,7 @@ def main() -> None:
         )
         print("training and registering the wine model ...", flush=True)
         prepare(settings, admin=args.setup == "api-key")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
-        env.update(
+        env = clean_env(
             MODELPORT_VAR_DIR=str(var),
             MODELPORT_DATABASE_URL=settings.database_url.get_secret_value(),
             MODELPORT_ARTIFACT_STORE=settings.artifact_store,

@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT))  # the harness lives with the tests
 from modelport.builtin.wine import read_wine_csv, train_wine  # noqa: E402
 from modelport.builtin.wine_data import locate_wine_csv  # noqa: E402
 from modelport.settings import Settings  # noqa: E402
+from tests.helpers import wait_until  # noqa: E402
 from tests.system.harness import (  # noqa: E402
     Load,
     LoadReport,
     System,
     process_figures,
     running_system,
-    wait_for,
 )
 
 DEFAULT_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -83,7 +83,7 @@ def soak(system: System, seconds: float, warmup: float, threads: int) -> int:
     def all_logged() -> bool:
         return system.database.logged_successes("soak") >= report.ok
 
-    wait_for(all_logged, 120, "every 200 answer logged", interval=1.0)
+    wait_until(all_logged, "every 200 answer logged", 120, interval=1.0)
     rows = system.database.logged_successes("soak")
     grew = growth(before, after)
     errors = report.sent - report.ok

@@ -22,7 +22,14 @@ from modelport.db.base import Base
 from modelport.db.engine import create_engine
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
-from tests.helpers import register_trained, run, settings_for, wait_until_ready
+from tests.helpers import (
+    json_log_stream,
+    read_json_lines,
+    register_trained,
+    run,
+    settings_for,
+    wait_until_ready,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WINE_CSV = (
@@ -147,3 +154,11 @@ def client(wine_registered: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(wine_registered)) as test_client:
         wait_until_ready(test_client)
         yield test_client
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The server's own JSON log lines (the format operators read): yields a reader of the
+    lines written since the last read."""
+    with json_log_stream() as stream:
+        yield lambda: read_json_lines(stream)

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+import uvicorn
 from fastapi.testclient import TestClient
 
+from modelport.app import create_app
 from modelport.auth import service as auth_service
 from modelport.builtin.wine import TrainedWine, register_wine
 from modelport.db.engine import create_engine, create_session_factory
+from modelport.monitoring.logs import configure_logging
 from modelport.services import Services
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
+from tests.processes import free_port
+
+SERVER_DEADLINE_SECONDS = 60.0  # a hang guard, not a performance requirement
 
 WINE_ROW: dict[str, float] = {
     "fixed_acidity": 7.4,
@@ -72,12 +84,12 @@ def register_trained(settings: Settings, trained: TrainedWine, name: str = "wine
 def wait_until_ready(test_client: TestClient, timeout: float = 30.0) -> None:
     services = services_of(test_client)
 
-    async def models_loaded() -> None:
-        async with asyncio.timeout(timeout):
-            while not services.models.loaded():
-                await asyncio.sleep(0.02)
+    async def models_loaded() -> bool:
+        return bool(services.models.loaded())
 
-    test_client.portal.call(models_loaded)  # type: ignore[union-attr]
+    test_client.portal.call(  # type: ignore[union-attr]
+        wait_until_async, models_loaded, "the models to load", timeout, 0.02
+    )
 
 
 def services_of(test_client: TestClient) -> Services:
@@ -146,11 +158,97 @@ def admin_headers(test_client: TestClient) -> dict[str, str]:
     return bearer(test_client, email)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds (a hang
-    guard while a state is reached, never a performance requirement)."""
-    give_up = time.monotonic() + timeout
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout: float = 60.0, interval: float = 0.005
+) -> float:
+    """Poll ``condition`` every ``interval`` seconds until it holds; fail naming ``what`` after
+    ``timeout`` seconds (a hang guard while a state is reached, never a performance
+    requirement). Returns the seconds it took, for a test that reports them."""
+    started = time.monotonic()
     while not condition():
-        if time.monotonic() > give_up:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.005)
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"never happened within {timeout:g} s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+async def wait_until_async(
+    condition: Callable[[], Awaitable[bool]],
+    what: str,
+    within: float = 60.0,
+    interval: float = 0.05,
+) -> float:
+    """``wait_until`` for a test already inside an event loop; fails after ``within`` seconds
+    (a look that hangs counts too)."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(within):
+            while not await condition():
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"never happened within {within:g} s: {what}") from None
+    return time.monotonic() - started
+
+
+@contextmanager
+def json_log_stream(level: str = "info") -> Iterator[io.StringIO]:
+    """The JSON log format switched on; yields the stream its lines are written to.
+
+    The handler configure_logging installs is kept (its format and request-id filter are what
+    is tested); only its stream is pointed at a buffer instead of stderr.
+    """
+    root = logging.getLogger()
+    access = logging.getLogger("uvicorn.access")
+    saved = (list(root.handlers), root.level, access.disabled)
+    configure_logging(level, "json")
+    [handler] = root.handlers
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    handler.setStream(stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        access.disabled = saved[2]
+
+
+def read_json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The JSON log lines written to ``stream`` since the last read."""
+    text = stream.getvalue()
+    stream.seek(0)
+    stream.truncate()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@contextmanager
+def live_server(settings: Settings, ready_path: str = "/health/ready") -> Iterator[int]:
+    """The app behind a real uvicorn on a free port (in a thread), once ``ready_path`` answers
+    200; yields the port."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        loop="asyncio",
+        log_level="warning",
+        log_config=None,  # keep uvicorn off handlers bound to a stream pytest later closes
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-server", daemon=True)
+    thread.start()
+
+    def ready() -> bool:
+        if not thread.is_alive():
+            raise RuntimeError("the test server stopped during start-up")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(ready, "the test server to be ready", SERVER_DEADLINE_SECONDS, interval=0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=SERVER_DEADLINE_SECONDS)

@@ -9,7 +9,6 @@ printed.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -31,6 +30,7 @@ from tests.helpers import (
     register_trained,
     services_of,
     settings_for,
+    wait_until,
     wait_until_ready,
 )
 from tests.monitoring.tcp_proxy import TcpProxy
@@ -89,7 +89,7 @@ def start_replica(
             registered = True
         client = stack.enter_context(TestClient(create_app(settings)))
         wait_until_ready(client)
-        wait_for(lambda: bridge_connected(client), "the replica to join the channel")
+        wait_until(lambda: bridge_connected(client), "the replica to join the channel", PATIENCE)
         return client
 
     with ExitStack() as stack:
@@ -111,16 +111,6 @@ def bridge_connected(client: TestClient) -> bool:
     return bridge.connected
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> float:
-    """Poll ``condition`` until it holds (failing after PATIENCE s); the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > PATIENCE:
-            raise AssertionError(f"gave up after {PATIENCE} s waiting for {what}")
-        time.sleep(0.005)
-    return time.monotonic() - started
-
-
 def applied(
     what: str, request: Callable[[], httpx.Response], expected: Callable[[httpx.Response], bool]
 ) -> httpx.Response:
@@ -131,7 +121,7 @@ def applied(
         answers.append(request())
         return expected(answers[-1])
 
-    took = wait_for(shows_it, what)
+    took = wait_until(shows_it, what, PATIENCE)
     print(f"\n{what}: applied on the other replica after {took * 1000:.1f} ms")
     return answers[-1]
 
@@ -258,10 +248,12 @@ def test_a_replica_whose_channel_dropped_rereads_what_it_missed_and_hears_again(
         assert answer.status_code == 200
 
     proxy.stop()
-    wait_for(lambda: not bridge_connected(two), "replica 2 to notice its channel is gone")
+    wait_until(
+        lambda: not bridge_connected(two), "replica 2 to notice its channel is gone", PATIENCE
+    )
     assert one.delete(f"{KEYS}/{missed['id']}", headers=headers).status_code == 204
     proxy.start()
-    wait_for(lambda: bridge_connected(two), "replica 2 to reconnect")
+    wait_until(lambda: bridge_connected(two), "replica 2 to reconnect", PATIENCE)
 
     refused = two.get(MODELS, headers=key_header(missed["key"]))
     assert refused.status_code == 401

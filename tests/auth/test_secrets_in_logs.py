@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,11 +10,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from modelport.db.engine import create_engine
-from modelport.monitoring.logs import configure_logging
 from modelport.monitoring.tables import PredictionRecord
 from modelport.settings import Settings
 from tests.auth.accounts_support import AUTH, bearer_of
-from tests.helpers import WINE_ROW, flush_log, run, services_of
+from tests.helpers import WINE_ROW, flush_log, json_log_stream, run, services_of
 
 PASSWORD = "Sesame-open-4-logs-test"
 WRONG_PASSWORD = "Sesame-guess-4-logs-test"
@@ -28,18 +25,8 @@ UNKNOWN_KEY = "mp_unknown-key-value-that-must-not-be-logged-000000"
 @pytest.fixture
 def captured_logs() -> Iterator[Callable[[], str]]:
     """Everything written through the JSON log handler (at debug level), as one string."""
-    root = logging.getLogger()
-    access = logging.getLogger("uvicorn.access")
-    saved = (list(root.handlers), root.level, access.disabled)
-    configure_logging("debug", "json")
-    [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    handler.setStream(stream)
-    yield stream.getvalue
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    access.disabled = saved[2]
+    with json_log_stream("debug") as stream:
+        yield stream.getvalue
 
 
 def prediction_rows(settings: Settings) -> list[dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +17,7 @@ from modelport.builtin.wine import WINE_FILE_NAME, WINE_SHA256
 from modelport.builtin.wine_data import WineDataUnavailableError, locate_wine_csv
 from modelport.settings import Settings
 from modelport.storage.protocol import sha256_hex
+from tests.processes import free_port
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -56,10 +56,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{WINE_FILE_NAME}"
+    return f"http://127.0.0.1:{free_port()}/{WINE_FILE_NAME}"
 
 
 def _settings(project: Path, download_url: str, datasets_dir: Path | None = None) -> Settings:

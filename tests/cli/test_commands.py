@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,12 @@ from modelport.cli import app
 from modelport.db.engine import create_engine
 from modelport.settings import Settings
 from tests.helpers import register_trained, run
+from tests.processes import free_port
 
 REGISTERED = re.compile(
     r"registered (?P<name>[\w-]+) v(?P<version>\d+) -> production "
     r"\(MAE (?P<mae>[\d.]+), R² (?P<r2>[\d.]+)\)"
 )
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "MODELPORT_VAR_DIR": str(tmp_path / "var"),
         "MODELPORT_LOG_FORMAT": "text",
         # Nobody listens there: no test downloads anything.
-        "MODELPORT_WINE_DOWNLOAD_URL": f"http://127.0.0.1:{_closed_port()}/winequality-red.csv",
+        "MODELPORT_WINE_DOWNLOAD_URL": f"http://127.0.0.1:{free_port()}/winequality-red.csv",
     }
 
 
@@ -249,7 +243,7 @@ def test_train_wine_requires_data(cli_env: dict[str, str]) -> None:
 def test_an_unreachable_database_is_one_clear_line(
     cli_env: dict[str, str], command: list[str]
 ) -> None:
-    url = f"postgresql://modelport:s3cret@127.0.0.1:{_closed_port()}/modelport"
+    url = f"postgresql://modelport:s3cret@127.0.0.1:{free_port()}/modelport"
 
     result = modelport({**cli_env, "MODELPORT_DATABASE_URL": url}, *command)
 

@@ -21,14 +21,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine
 from modelport.workers import usable_cores
-from tests.cli.support import (
-    STARTUP_DEADLINE_SECONDS,
-    Server,
-    free_port,
-    make_wine_home,
-    serve_processes,
-)
+from tests.cli.support import make_wine_home, serve_processes
 from tests.helpers import OPERATOR, WINE_ROW
+from tests.processes import STARTUP_DEADLINE_SECONDS, Server, free_port
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from modelport.db.engine import create_engine, create_session_factory, database_is_reachable
 from modelport.registry.tables import Model, ModelVersion
 from tests.helpers import run
+from tests.processes import free_port
 
 
 def _version(model_id: uuid.UUID, number: int) -> ModelVersion:
@@ -67,12 +67,6 @@ async def _reachable(url: str) -> bool:
         await asyncio.sleep(0.1)
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_deleting_a_model_deletes_its_versions(database_url: str) -> None:
     assert run(_delete_model_and_count_versions(database_url)) == (2, 0)
 
@@ -91,7 +85,7 @@ def test_an_unusable_database_is_reported_unreachable(backend: str, tmp_path: Pa
     url = (
         f"sqlite+aiosqlite:///{tmp_path / 'no-such-folder' / 'modelport.db'}"
         if backend == "sqlite"
-        else f"postgresql+asyncpg://postgres@127.0.0.1:{_closed_port()}/test"
+        else f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/test"
     )
     assert run(_reachable(url)) is False
 

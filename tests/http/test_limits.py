@@ -27,8 +27,9 @@ from modelport.builtin.wine import TrainedWine
 from modelport.http.errors import install_error_handlers
 from modelport.http.middleware import RequestContextMiddleware
 from modelport.http.uploads import read_upload
-from tests.cli.support import Server, free_port, make_wine_home, serve_processes
+from tests.cli.support import make_wine_home, serve_processes
 from tests.helpers import WINE_ROW
+from tests.processes import Server, free_port
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0

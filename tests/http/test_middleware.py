@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
-from modelport.monitoring.logs import configure_logging
 from modelport.settings import Settings
 from tests.helpers import WINE_ROW, register_trained, wait_until_ready
 
@@ -202,34 +198,6 @@ def test_an_answer_given_before_the_body_was_read_closes_the_connection(
     read = app_client.post("/predict", json=WINE_ROW)
     assert read.status_code == 200
     assert "connection" not in read.headers
-
-
-@pytest.fixture
-def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """Switch to the JSON log format; yields a reader of the lines written since the last read.
-
-    The handler configure_logging installs is kept (its format and request-id filter are what
-    is tested); only its stream is pointed at a buffer instead of stderr.
-    """
-    root = logging.getLogger()
-    access = logging.getLogger("uvicorn.access")
-    saved = (list(root.handlers), root.level, access.disabled)
-    configure_logging("info", "json")
-    [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    handler.setStream(stream)
-
-    def read() -> list[dict[str, Any]]:
-        text = stream.getvalue()
-        stream.seek(0)
-        stream.truncate()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    yield read
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    access.disabled = saved[2]
 
 
 def access_lines(lines: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -118,15 +118,3 @@ async def drain(runner: JobRunner) -> int:
     while await runner.run_once():
         ran += 1
     return ran
-
-
-async def wait_until(
-    check: Callable[[], Awaitable[bool]], within: float = 60.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it holds; fail after ``within`` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {within}s waiting for {what}") from None

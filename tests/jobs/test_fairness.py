@@ -16,9 +16,9 @@ from modelport.builtin.imagenet import ConvertedClassifier
 from modelport.jobs.runner import JobRunner
 from modelport.jobs.tables import Job
 from modelport.settings import Settings
-from tests.helpers import bearer, create_account, run
+from tests.helpers import bearer, create_account, run, wait_until_async
 from tests.images.support import cat, register_classifier, serve, upload, wait_for_result
-from tests.jobs.support import Recorder, enqueue, finish, lease, load, sessions, wait_until
+from tests.jobs.support import Recorder, enqueue, finish, lease, load, sessions
 
 ALICE, BOB, CAROL = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
@@ -83,7 +83,7 @@ def test_a_quick_lane_runs_while_a_long_job_holds_the_other(database_url: str) -
             long_jobs = await enqueue(factory, count=3, kind="train", owner_id=ALICE)
             runner.start()
             try:
-                await wait_until(lambda: _has_run(training), what="a training job to start")
+                await wait_until_async(lambda: _has_run(training), "a training job to start")
                 queued_at = time.monotonic()
                 (image,) = await enqueue(factory, kind="classify", owner_id=BOB)
                 runner.notify()
@@ -91,7 +91,7 @@ def test_a_quick_lane_runs_while_a_long_job_holds_the_other(database_url: str) -
                 async def classified() -> bool:
                     return (await load(factory, image)).status == "succeeded"
 
-                await wait_until(classified, what="the image job to finish")
+                await wait_until_async(classified, "the image job to finish")
                 waited = time.monotonic() - queued_at
                 statuses = [(await load(factory, job_id)).status for job_id in long_jobs]
             finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 from modelport.jobs.runner import JOB_INTERNAL_ERROR, PermanentJobError
 from modelport.jobs.tables import Job
-from tests.helpers import run
+from tests.helpers import run, wait_until_async
 from tests.jobs.support import (
     Recorder,
     drain,
@@ -19,7 +19,6 @@ from tests.jobs.support import (
     load,
     runner_with,
     sessions,
-    wait_until,
 )
 
 
@@ -38,7 +37,7 @@ def test_two_runners_racing_over_the_same_jobs_run_each_exactly_once(database_ur
                 return sum(runner.completed for runner in runners) >= len(ids)
 
             try:
-                await wait_until(all_done, what="both runners to finish the jobs")
+                await wait_until_async(all_done, "both runners to finish the jobs")
             finally:
                 for runner in runners:
                     await runner.close()
@@ -187,7 +186,7 @@ def test_a_running_runner_picks_up_new_work_and_stops_cleanly(database_url: str)
                 async def done() -> bool:
                     return (await load(factory, job_id)).status == "succeeded"
 
-                await wait_until(done, what="the job to succeed")
+                await wait_until_async(done, "the job to succeed")
             finally:
                 await runner.close()
             (later,) = await enqueue(factory)
@@ -230,7 +229,7 @@ def test_a_job_longer_than_its_lease_keeps_it_and_runs_once(database_url: str) -
                 return (await load(first, job_id)).status == "succeeded"
 
             try:
-                await wait_until(done, what="the long job to finish")
+                await wait_until_async(done, "the long job to finish")
                 # Give the other runner several more leases' time to (wrongly) take it again.
                 await asyncio.sleep(lease.total_seconds() * 3)
             finally:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +37,6 @@ async def count_rows_async(database_url: str, request_ids: Iterable[str]) -> dic
     finally:
         await engine.dispose()
     return {request_id: found.get(request_id, 0) for request_id in wanted}
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], patience: float = 30.0, what: str = "condition"
-) -> None:
-    """``wait_for`` for a test already inside an event loop."""
-    deadline = time.monotonic() + patience
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {patience}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def log_entries(count: int, **fields: Any) -> list[LogEntry]:

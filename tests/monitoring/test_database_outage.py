@@ -19,14 +19,16 @@ from modelport.builtin.wine import TrainedWine
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.monitoring.prediction_log import PredictionLogWriter
 from modelport.settings import Settings
-from tests.helpers import WINE_ROW, flush_log, register_trained, run, wait_until_ready
-from tests.monitoring.support import (
-    count_rows,
-    count_rows_async,
-    eventually,
-    log_entries,
-    wait_for,
+from tests.helpers import (
+    WINE_ROW,
+    flush_log,
+    register_trained,
+    run,
+    wait_until,
+    wait_until_async,
+    wait_until_ready,
 )
+from tests.monitoring.support import count_rows, count_rows_async, log_entries
 from tests.monitoring.tcp_proxy import TcpProxy
 
 # PostgreSQL only: the database must be a server that can vanish behind the proxy.
@@ -88,11 +90,12 @@ def test_predictions_are_answered_and_logged_across_an_outage(
         assert count_rows(database_url, during) == dict.fromkeys(during, 0)
 
         proxy.start()
-        wait_for(
+        wait_until(
             lambda: count_rows(database_url, during) == dict.fromkeys(during, 1),
-            what="the rows held during the outage to reach the database",
+            "the rows held during the outage to reach the database",
+            interval=0.05,  # each look opens a connection of its own
         )
-        wait_for(lambda: client.get("/health/ready").status_code == 200, what="readiness")
+        wait_until(lambda: client.get("/health/ready").status_code == 200, "readiness")
         assert client.get("/").json()["database_connected"] is True
 
 
@@ -111,9 +114,10 @@ def test_rows_spooled_at_shutdown_during_an_outage_are_written_by_the_next_start
 
     proxy.start()
     with TestClient(create_app(proxied_settings)):
-        wait_for(
+        wait_until(
             lambda: count_rows(database_url, during) == dict.fromkeys(during, 1),
-            what="the next start to replay the spool",
+            "the next start to replay the spool",
+            interval=0.05,  # each look opens a connection of its own
         )
     assert not proxied_settings.prediction_log_spool.exists()
 
@@ -151,7 +155,7 @@ def test_rows_whose_commit_answer_was_lost_are_written_exactly_once(
         try:
             for entry in rows:
                 writer.record(entry)
-            await eventually(committed, what="the batch to be committed")
+            await wait_until_async(committed, "the batch to be committed")
             assert proxy.swallowed.is_set()
             await asyncio.to_thread(proxy.stop)  # the writer is still waiting for the answer
             await asyncio.to_thread(proxy.start)

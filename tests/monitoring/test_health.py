@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from sqlalchemy import make_url
 from modelport.app import create_app
 from modelport.settings import Settings
 from tests.helpers import OPERATOR, WINE_ROW, flush_log
+from tests.processes import free_port
 
 
 def test_root_reports_a_healthy_service(client: TestClient) -> None:
@@ -99,10 +99,7 @@ def unreachable(database_url: str, folder: Path) -> str:
     """The same kind of database, somewhere nothing answers."""
     if database_url.startswith("sqlite"):
         return f"sqlite+aiosqlite:///{folder / 'no-such-folder' / 'modelport.db'}"
-    with socket.socket() as probe:  # a port that was free a moment ago: connections are refused
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = make_url(database_url).set(host="127.0.0.1", port=port)
+    url = make_url(database_url).set(host="127.0.0.1", port=free_port())
     return url.render_as_string(hide_password=False)
 
 

@@ -23,9 +23,10 @@ from tests.helpers import (
     flush_log,
     register_trained,
     services_of,
+    wait_until,
     wait_until_ready,
 )
-from tests.monitoring.support import count_rows, log_entries, metric, wait_for, write_entries
+from tests.monitoring.support import count_rows, log_entries, metric, write_entries
 
 NOT_STORED = "modelport_prediction_log_not_stored_total"
 SPOOLED = "modelport_prediction_log_spooled_rows_total"
@@ -286,9 +287,10 @@ def test_retention_deletes_only_rows_older_than_the_retention_period(
 
     with start_client(prediction_log_retention_days=30) as client:
         wait_until_ready(client)
-        wait_for(
+        wait_until(
             lambda: sum(count_rows(database_url, old_ids).values()) == 0,
-            what="the background task to delete the expired rows",
+            "the background task to delete the expired rows",
+            interval=0.05,  # each look opens a connection of its own
         )
         answered = client.post("/predict", json=WINE_ROW).headers["x-request-id"]
         flush_log(client)

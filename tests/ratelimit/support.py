@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.client import Pipeline
 
 from tests.helpers import OPERATOR
+from tests.processes import free_port
 
 REDIS_URL = os.environ.get("MODELPORT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -41,10 +41,7 @@ def require_redis(flush: bool = False) -> str:
 
 def closed_port_url() -> str:
     """A redis:// URL on a local port nothing listens on: a real, refused connection."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/15"
+    return f"redis://127.0.0.1:{free_port()}/15"
 
 
 def backend_errors(client: TestClient, outcome: str) -> float:

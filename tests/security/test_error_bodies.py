@@ -9,9 +9,7 @@ database and Redis URLs are shown nowhere.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,6 @@ from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import make_url
 
 from modelport.builtin.wine import TrainedWine
-from modelport.monitoring.logs import configure_logging
 from modelport.settings import Settings, SettingsError, load_settings
 from tests.helpers import (
     WINE_ROW,
@@ -33,13 +30,14 @@ from tests.helpers import (
     bearer,
     create_account,
     flush_log,
+    live_server,
     register_trained,
     services_of,
 )
 from tests.ratelimit.support import REDIS_URL, require_redis
 from tests.ratelimit.support import closed_port_url as closed_redis_url
 from tests.registry.support import artifact_file, linear_wine_onnx, register_onnx, serve
-from tests.serving.v2_support import live_server, matrix_input
+from tests.serving.v2_support import matrix_input
 from tests.storage.s3_server import (
     ACCESS_KEY_ID,
     REGION,
@@ -54,30 +52,6 @@ BROKEN = "/api/v1/models/broken/predict"
 
 
 # --- what to look at ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """The server's own JSON log lines (the format operators read), written since the last read."""
-    root = logging.getLogger()
-    access = logging.getLogger("uvicorn.access")
-    saved = (list(root.handlers), root.level, access.disabled)
-    configure_logging("info", "json")
-    [handler] = root.handlers
-    assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    handler.setStream(stream)
-
-    def read() -> list[dict[str, Any]]:
-        text = stream.getvalue()
-        stream.seek(0)
-        stream.truncate()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-    yield read
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    access.disabled = saved[2]
 
 
 def errors_logged(lines: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
@@ -331,10 +305,10 @@ def test_a_bug_is_a_500_quoting_the_request_id_and_logged_once_with_its_tracebac
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError(SECRET_DETAIL)
 
-    with live_server(wine_registered) as address:
+    with live_server(wine_registered, "/v2/health/ready") as port:
         monkeypatch.setattr(where, broken)
         json_logs()
-        response = request(address, {"X-Request-ID": "bug-1"})
+        response = request(f"127.0.0.1:{port}", {"X-Request-ID": "bug-1"})
     lines = json_logs()  # once the server stopped: what it logs after answering is in too
 
     message = assert_user_facing(response, 500, SECRET_DETAIL, "KeyError", "/srv/")

@@ -7,8 +7,6 @@ from __future__ import annotations
 import random
 import select
 import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
@@ -27,7 +24,7 @@ from modelport.db.base import Base
 from modelport.db.engine import create_engine
 from modelport.settings import Settings
 from tests.auth.accounts_support import from_address
-from tests.helpers import bearer, create_account, run, settings_for
+from tests.helpers import bearer, create_account, live_server, run, settings_for
 from tests.ratelimit.support import require_redis
 
 MiB = 2**20
@@ -35,7 +32,6 @@ UPLOAD_BYTES = 200 * MiB  # what the attacker's upload declares
 PIECE_BYTES = 64 * 1024
 PACE_SECONDS = 0.25  # how long the slow client waits for an answer before each next piece
 GIVE_UP_BYTES = 4 * MiB  # 2 % of the upload sent and still no answer: the server reads it
-SERVER_DEADLINE_SECONDS = 60.0  # a hang guard, not a performance requirement
 BOUNDARY = "attacker-boundary"
 PASSWORD = "correct horse battery"  # what tests.helpers.create_account gives everyone
 AUTH = "/api/v1/auth"
@@ -90,12 +86,6 @@ def random_address() -> str:
 # --- a real server and a slow client ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class Edge:
     """The app behind uvicorn on a real port, and who is calling."""
@@ -122,32 +112,8 @@ def edge(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed
         anonymous_predictions=False,
         run_jobs=False,
     )
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        loop="asyncio",
-        log_level="warning",
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="edge-test-server", daemon=True)
-    thread.start()
-    try:
+    with live_server(settings, "/health/live") as port:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_DEADLINE_SECONDS
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the test server stopped during start-up")
-            try:
-                if httpx.get(f"{base}/health/live", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test server was not ready in time")
-            time.sleep(0.05)
         with httpx.Client(base_url=base, timeout=30) as client:
             people = {}
             for name in ("alice", "bob"):
@@ -166,9 +132,6 @@ def edge(database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ed
             )
             assert key.status_code == 201, key.text
         yield Edge(port, settings, people["alice"], people["bob"], {"X-API-Key": key.json()["key"]})
-    finally:
-        server.should_exit = True
-        thread.join(timeout=SERVER_DEADLINE_SECONDS)
 
 
 def slow_upload() -> Iterator[bytes]:

@@ -37,9 +37,7 @@ from modelport.serving.batcher import Batcher, BatchPolicy
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from tests.cli.test_serve import (  # the fixtures that run `modelport serve`, reused
-    Server,
     assert_clean_exit,
-    free_port,
     start_server,  # noqa: F401 - a fixture
     wine_home,  # noqa: F401 - a fixture
 )
@@ -55,6 +53,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.ingest.hostile_onnx import input_driven_loop
+from tests.processes import Server, free_port
 from tests.registry.support import register_onnx, serve
 from tests.serving import gated_model
 from tests.serving.test_batching import loaded

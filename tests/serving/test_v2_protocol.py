@@ -24,13 +24,13 @@ from tests.helpers import (
     bearer,
     create_account,
     flush_log,
+    live_server,
     register_trained,
 )
 from tests.registry.support import linear_wine_onnx, register_onnx, serve
 from tests.serving.v2_support import (
     colour_classifier,
     field_inputs,
-    live_server,
     matrix_input,
     register_model,
 )
@@ -528,8 +528,8 @@ def test_binary_inputs_with_nan_are_400(client: TestClient) -> None:
 
 @pytest.fixture
 def triton_server(wine_registered: Settings) -> Iterator[str]:
-    with live_server(wine_registered) as address:
-        yield address
+    with live_server(wine_registered, "/v2/health/ready") as port:
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import numpy as np
-import uvicorn
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
 
-from modelport.app import create_app
 from modelport.builtin.wine import FEATURE_NAMES, WINE_SIGNATURE
 from modelport.db.engine import create_engine, create_session_factory
 from modelport.ingest.preparation import PreparedModel, prepare_upload
@@ -26,8 +18,6 @@ from modelport.runtimes.signature import Signature
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
 from tests.helpers import run
-
-SERVER_DEADLINE_SECONDS = 60.0  # a hang guard, not a performance requirement
 
 
 def matrix_input(rows: list[dict[str, float]], *, nested: bool = True) -> dict[str, Any]:
@@ -98,44 +88,3 @@ def colour_classifier() -> PreparedModel:
         options={id(model): {"zipmap": False}},
     )
     return prepare_upload(onnx_model.SerializeToString(), task="classification")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """The app behind a real uvicorn on a free port (in a thread); yields ``host:port``."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        loop="asyncio",
-        log_level="warning",
-        log_config=None,  # keep uvicorn off handlers bound to a stream pytest later closes
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="v2-test-server", daemon=True)
-    thread.start()
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_DEADLINE_SECONDS
-        while True:
-            if not thread.is_alive():
-                raise RuntimeError("the test server stopped during start-up")
-            try:
-                if httpx.get(f"http://{address}/v2/health/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the test server was not ready in time")
-            time.sleep(0.05)
-        yield address
-    finally:
-        server.should_exit = True
-        thread.join(timeout=SERVER_DEADLINE_SECONDS)

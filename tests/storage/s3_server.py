@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
+
+from tests.processes import free_port
 
 # moto accepts any credentials; these only have to be present and the same everywhere.
 ACCESS_KEY_ID = "modelport-test"
@@ -60,7 +61,4 @@ class MotoS3:
 
 def closed_port_url() -> str:
     """An http:// URL on 127.0.0.1 where nothing listens: an S3 that is unreachable."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ from modelport.db.engine import create_engine, create_session_factory
 from modelport.db.migrate import upgrade
 from modelport.settings import Settings
 from modelport.storage.factory import open_artifact_store
-from tests.helpers import WINE_ROW
+from tests.helpers import WINE_ROW, wait_until
 from tests.monitoring.tcp_proxy import TcpProxy
+from tests.processes import Server, environment, free_port, kill, launch, running
 from tests.storage.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
-from tests.system.processes import Server, environment, free_port, kill, launch, running
 
 WINE = "wine-quality"
 METRICS_TOKEN = "metrics-token-for-the-system-tests-0123456789"
@@ -53,16 +53,8 @@ NOTHING_KEPT = ["--save", "", "--appendonly", "no"]  # a Redis that forgets when
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
-) -> float:
-    """Poll until ``condition`` holds; seconds it took. Fails after ``timeout`` (a hang guard)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(interval)
-    return time.monotonic() - started
+# Seconds between looks when waiting on the system: each look is a request or a query to it.
+LOOK_EVERY = 0.1
 
 
 # --- the dependencies ------------------------------------------------------------------------
@@ -87,7 +79,7 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(self.answers, 10, "redis-server answering PING")
+        wait_until(self.answers, "redis-server answering PING", 10, LOOK_EVERY)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -16,8 +16,9 @@ import pytest
 
 from modelport.builtin.wine import FEATURE_NAMES, TrainedWine, read_wine_csv
 from tests.conftest import POSTGRES_URL
-from tests.system.harness import Load, LoadReport, System, running_system, wait_for
-from tests.system.processes import kill
+from tests.helpers import wait_until
+from tests.processes import kill
+from tests.system.harness import LOOK_EVERY, Load, LoadReport, System, running_system
 
 LOG_ROWS_DEADLINE = 60.0  # a hang guard: spooled rows are replayed within seconds
 
@@ -45,7 +46,7 @@ def assert_every_answer_was_kept(system: System, load: Load, report: LoadReport)
     def logged() -> bool:
         return system.database.logged_successes(load.prefix) >= report.ok
 
-    waited = wait_for(logged, LOG_ROWS_DEADLINE, "every 200 answer logged", interval=0.5)
+    waited = wait_until(logged, "every 200 answer logged", LOG_ROWS_DEADLINE, interval=0.5)
     rows = system.database.logged_successes(load.prefix)
     assert rows == report.ok, f"{rows} log rows for {report.ok} answers"
     return int(waited)
@@ -67,12 +68,17 @@ def test_postgresql_cut_mid_load_loses_no_log_row_and_readiness_recovers(
         time.sleep(1.5)
         system.proxy.stop()  # every connection to PostgreSQL cut, new ones refused
         cut_at = time.monotonic()
-        flipped = wait_for(lambda: system.ready(server) == 503, 20, "readiness turning 503")
+        flipped = wait_until(
+            lambda: system.ready(server) == 503, "readiness turning 503", 20, LOOK_EVERY
+        )
         time.sleep(2.0)
         during = load.statuses()
         system.proxy.start()
-        back = wait_for(
-            lambda: all(system.ready(s) == 200 for s in system.servers), 30, "ready again"
+        back = wait_until(
+            lambda: all(system.ready(s) == 200 for s in system.servers),
+            "ready again",
+            30,
+            LOOK_EVERY,
         )
         outage = time.monotonic() - cut_at
         time.sleep(1.0)
@@ -109,7 +115,12 @@ def test_redis_stopped_mid_load_the_limiter_does_as_configured_and_resumes(
         readiness = {"closed": system.ready(closed), "open": system.ready(open_)}
         redis_state = system.health(open_)["redis"]["status"]
         system.redis.start()
-        wait_for(lambda: system.ready(closed) == 200, 20, "the fail-closed server ready again")
+        wait_until(
+            lambda: system.ready(closed) == 200,
+            "the fail-closed server ready again",
+            20,
+            LOOK_EVERY,
+        )
         time.sleep(1.0)
     report = load.report
     refused = system.metric(errors, outcome="refused") - refused_before
@@ -125,7 +136,7 @@ def test_redis_stopped_mid_load_the_limiter_does_as_configured_and_resumes(
     assert_every_answer_was_kept(system, load, report)
 
     # Redis is back: the limiters use it again (buckets reappear, no more backend errors).
-    wait_for(lambda: system.redis.keys() > 0, 20, "rate-limit buckets back in Redis")
+    wait_until(lambda: system.redis.keys() > 0, "rate-limit buckets back in Redis", 20, LOOK_EVERY)
     settled = system.metric(errors, outcome="refused") + system.metric(errors, outcome="allowed")
     with Load(system, "redis-after") as after:
         time.sleep(2.5)
@@ -166,10 +177,11 @@ def test_s3_stopped_loaded_models_keep_serving_and_uploads_answer_503(
         time.sleep(1.0)
         system.s3.stop()
         refused = upload()
-        reported = wait_for(
+        reported = wait_until(
             lambda: system.health(system.servers[0])["artifact_store"]["status"] == "down",
-            10,
             "the artifact store reported down",
+            10,
+            LOOK_EVERY,
         )
         readiness = [system.ready(s) for s in system.servers]
         time.sleep(1.0)
@@ -185,10 +197,11 @@ def test_s3_stopped_loaded_models_keep_serving_and_uploads_answer_503(
     assert readiness == [200, 200]  # loaded models still serve: ready, the store reported down
     assert_every_answer_was_kept(system, load, report)
 
-    wait_for(
+    wait_until(
         lambda: system.health(system.servers[0])["artifact_store"]["status"] == "up",
-        10,
         "the artifact store reported up again",
+        10,
+        LOOK_EVERY,
     )
     accepted = upload()
     assert accepted.status_code == 201, accepted.text
@@ -222,15 +235,19 @@ def test_a_runner_killed_mid_job_is_released_and_the_job_runs_exactly_once(
         body: dict[str, object] = httpx.get(job_url, headers=system.admin, timeout=10).json()
         return body
 
-    wait_for(lambda: job()["status"] == "running", 30, "the runner leasing the job")
+    wait_until(lambda: job()["status"] == "running", "the runner leasing the job", 30, LOOK_EVERY)
     time.sleep(1.0)  # well into the training
     kill(system.runner)  # SIGKILL: no shutdown, the lease is left to run out
     killed_at = time.monotonic()
     assert job()["status"] == "running"
     system.restart("runner")
-    wait_for(lambda: job()["status"] != "running" or job()["attempts"] == 2, 60, "re-leased")
+    wait_until(
+        lambda: job()["status"] != "running" or job()["attempts"] == 2, "re-leased", 60, LOOK_EVERY
+    )
     released = time.monotonic() - killed_at
-    wait_for(lambda: job()["status"] in ("succeeded", "failed"), 90, "the job finishing")
+    wait_until(
+        lambda: job()["status"] in ("succeeded", "failed"), "the job finishing", 90, LOOK_EVERY
+    )
     finished = job()
 
     assert finished["status"] == "succeeded", finished
