@@ -63,7 +63,9 @@ def test_serve_predicts_and_flushes_the_log_on_sigterm(
     start_server: Callable[..., Server], wine_home: Path, trained_wine: TrainedWine
 ) -> None:
     port = free_port()
-    server = start_server("--port", str(port), port=port)
+    # One worker: with several, each listens on its own socket and /health may reach one still
+    # preloading its models (the two-worker test covers that set-up).
+    server = start_server("--workers", "1", "--port", str(port), port=port)
 
     server.wait_until_ready()
     health = httpx.get(f"{server.base_url}/health", headers=OPERATOR, timeout=5)
