@@ -74,11 +74,16 @@ def make_wine_home(var: Path, trained_wine: TrainedWine) -> Path:
 
 
 def serve_processes(logs_dir: Path, wine_home: Path) -> Iterator[Callable[..., Server]]:
-    """For a fixture: ``start(*args, port=..., extra_env=...)`` runs ``modelport serve``;
-    every server started is killed when the fixture ends."""
+    """For a fixture: ``start(*args, port=..., extra_env=...)`` runs ``modelport serve`` (or
+    ``command`` in place of ``modelport``); every server started is killed when the fixture ends."""
     servers: list[Server] = []
 
-    def start(*args: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
+    def start(
+        *args: str,
+        port: int,
+        extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
         env.update(
             MODELPORT_VAR_DIR=str(wine_home),
@@ -91,7 +96,7 @@ def serve_processes(logs_dir: Path, wine_home: Path) -> Iterator[Callable[..., S
         log_path = logs_dir / f"serve-{len(servers)}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [str(MODELPORT), "serve", *args],
+                [*(command or [str(MODELPORT)]), "serve", *args],
                 cwd=logs_dir,
                 env=env,
                 stdout=log,
