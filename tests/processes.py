@@ -65,12 +65,21 @@ def environment(**settings: str) -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], *, port: int, cwd: Path, env: dict[str, str], log_path: Path) -> Server:
-    """``modelport serve <args>`` with its output appended to ``log_path`` (a restarted
-    server's log follows the first one's); not yet ready."""
+def launch(
+    args: list[str],
+    *,
+    port: int,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    command: list[str] | None = None,
+) -> Server:
+    """``modelport serve <args>`` (``command`` in place of ``modelport``) with its output
+    appended to ``log_path`` (a restarted server's log follows the first one's); not yet
+    ready."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [str(MODELPORT), "serve", *args],
+            [*(command or [str(MODELPORT)]), "serve", *args],
             cwd=cwd,
             env=env,
             stdout=log,

@@ -27,11 +27,16 @@ def make_wine_home(var: Path, trained_wine: TrainedWine) -> Path:
 
 
 def serve_processes(logs_dir: Path, wine_home: Path) -> Iterator[Callable[..., Server]]:
-    """For a fixture: ``start(*args, port=..., extra_env=...)`` runs ``modelport serve``;
-    every server started is killed when the fixture ends."""
+    """For a fixture: ``start(*args, port=..., extra_env=...)`` runs ``modelport serve`` (or
+    ``command`` in place of ``modelport``); every server started is killed when the fixture ends."""
     servers: list[Server] = []
 
-    def start(*args: str, port: int, extra_env: dict[str, str] | None = None) -> Server:
+    def start(
+        *args: str,
+        port: int,
+        extra_env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> Server:
         env = environment(
             MODELPORT_VAR_DIR=str(wine_home),
             MODELPORT_LOG_FORMAT="text",
@@ -41,7 +46,9 @@ def serve_processes(logs_dir: Path, wine_home: Path) -> Iterator[Callable[..., S
         )
         env.update(extra_env or {})
         log_path = logs_dir / f"serve-{len(servers)}.log"
-        server = launch(list(args), port=port, cwd=logs_dir, env=env, log_path=log_path)
+        server = launch(
+            list(args), port=port, cwd=logs_dir, env=env, log_path=log_path, command=command
+        )
         servers.append(server)
         return server
 

@@ -1,5 +1,6 @@
 """The built-in ImageNet classifier: converted faithfully, registered with what serving needs,
-right on real photos, and served without PyTorch in the server process."""
+right on real photos, and served without PyTorch (or any training or conversion library) in the
+server process."""
 
 from __future__ import annotations
 
@@ -7,16 +8,22 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
+import pytest
 from fastapi.testclient import TestClient
 
 from modelport.builtin.imagenet import PREPROCESSING, TOLERANCE, ConvertedClassifier
+from modelport.builtin.wine import TrainedWine
 from modelport.db.migrate import upgrade
 from modelport.images.decoding import to_tensor
-from tests.helpers import settings_for
+from modelport.settings import Settings
+from tests.cli.support import Server, free_port, make_wine_home, serve_processes
+from tests.helpers import OPERATOR, WINE_ROW, settings_for, wait_until
 from tests.images.support import (
     CAT_CLASSES,
     CLASSIFY,
@@ -145,3 +152,128 @@ def test_the_server_never_imports_torch(classifier: ConvertedClassifier, tmp_pat
     assert completed.returncode == 0, completed.stderr
     outcome = json.loads(completed.stdout.strip().splitlines()[-1])
     assert outcome == {"status": 200, "top": "Egyptian cat", "torch_imported": False}
+
+
+# What a worker serving ONNX models never needs: the training and conversion libraries (and
+# what scikit-learn brings along), boto3 without an S3 store, the native runtimes' libraries.
+# Each is imported where it is used; a module-level import of one puts it back in every worker.
+SERVING_NEVER_IMPORTS = (
+    "sklearn",
+    "scipy",
+    "pandas",
+    "skl2onnx",
+    "onnxmltools",
+    "skops",
+    "joblib",
+    "cloudpickle",
+    "threadpoolctl",
+    "narwhals",
+    "rich",
+    "boto3",
+    "botocore",
+    "xgboost",
+    "lightgbm",
+    "torch",
+)
+
+# `modelport serve` itself, plus a thread that, once the test asks, writes which top-level
+# packages the process has imported and where each watched one was first imported from.
+_SERVE_AND_REPORT_MODULES = textwrap.dedent(
+    """
+    import json, os, sys, threading, time, traceback
+    from pathlib import Path
+
+    folder = Path(os.environ["MODULES_REPORT_DIR"])
+    watched = set(os.environ["MODULES_WATCHED"].split(","))
+    first_import = {}
+
+    class RecordFirstImport:
+        def find_spec(self, name, path=None, target=None):
+            if name in watched and name not in first_import:
+                stack = traceback.extract_stack()[:-1]
+                frames = [f for f in stack if not f.filename.startswith("<")]
+                ours = [f for f in frames[:-3] if "/modelport/" in f.filename]
+                first_import[name] = "".join(traceback.format_list(ours + frames[-3:]))
+            return None
+
+    sys.meta_path.insert(0, RecordFirstImport())
+
+    def report_when_asked():
+        while not (folder / "ask").exists():
+            time.sleep(0.05)
+        imported = sorted({name.split(".")[0] for name in list(sys.modules)})
+        report = {name: first_import.get(name, "") for name in imported}
+        (folder / "modules.tmp").write_text(json.dumps(report))
+        (folder / "modules.tmp").rename(folder / "modules.json")
+
+    threading.Thread(target=report_when_asked, daemon=True).start()
+    from modelport.cli import main
+    main()
+    """
+)
+
+
+@pytest.fixture
+def builtins_home(
+    tmp_path: Path, trained_wine: TrainedWine, classifier: ConvertedClassifier
+) -> Path:
+    """A var dir holding both built-ins, as `modelport builtins install` leaves it."""
+    var = make_wine_home(tmp_path / "var", trained_wine)
+    settings = Settings(
+        var_dir=var,
+        database_url=f"sqlite+aiosqlite:///{var / 'modelport.db'}",
+        artifact_store=(var / "artifacts").as_uri(),
+    )
+    register_classifier(settings, classifier)
+    return var
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, builtins_home: Path) -> Iterator[Callable[..., Server]]:
+    yield from serve_processes(tmp_path, builtins_home)
+
+
+def test_a_serving_worker_imports_no_training_or_conversion_library(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    report_dir = tmp_path / "modules"
+    report_dir.mkdir()
+    port = free_port()
+    server = start_server(
+        "--workers",
+        "1",  # the app runs in this very process
+        "--port",
+        str(port),
+        port=port,
+        command=[sys.executable, "-c", _SERVE_AND_REPORT_MODULES],
+        extra_env={
+            "MODULES_REPORT_DIR": str(report_dir),
+            "MODULES_WATCHED": ",".join(SERVING_NEVER_IMPORTS),
+        },
+    )
+    server.wait_until_ready()
+
+    def both_loaded() -> bool:
+        health = httpx.get(f"{server.base_url}/health", headers=OPERATOR, timeout=5).json()
+        return len(health["components"]["models"]["detail"]["loaded"]) == 2
+
+    wait_until(both_loaded, "both built-in models loaded")
+    wine = httpx.post(f"{server.base_url}/predict", json=WINE_ROW, timeout=30)
+    assert wine.status_code == 200, wine.text
+    photo = httpx.post(
+        f"{server.base_url}{CLASSIFY}",
+        files={"file": ("chelsea.jpg", cat(), "image/jpeg")},
+        timeout=30,
+    )
+    assert photo.status_code == 200, photo.text
+    assert photo.json()["predictions"][0]["label"] == "Egyptian cat"
+
+    (report_dir / "ask").touch()
+    wait_until(lambda: (report_dir / "modules.json").exists(), "the server's list of modules")
+    report = json.loads((report_dir / "modules.json").read_text())
+    server.terminate()
+
+    assert "onnxruntime" in report  # the report is the serving process's
+    imported = {name: where for name, where in report.items() if name in SERVING_NEVER_IMPORTS}
+    where = "\n".join(f"{name} first imported at:\n{stack}" for name, stack in imported.items())
+    assert sorted(imported) == [], where

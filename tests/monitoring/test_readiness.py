@@ -16,8 +16,17 @@ from moto.server import ThreadedMotoServer
 
 from modelport.app import create_app
 from modelport.builtin.wine import TrainedWine
+from modelport.monitoring.probes import store_probe
 from modelport.settings import Settings
-from tests.helpers import OPERATOR, WINE_ROW, admin_headers, register_trained, wait_until_ready
+from tests.helpers import (
+    OPERATOR,
+    WINE_ROW,
+    admin_headers,
+    register_trained,
+    run,
+    settings_for,
+    wait_until_ready,
+)
 from tests.ratelimit.support import closed_port_url as closed_redis_url
 from tests.ratelimit.support import require_redis
 from tests.storage.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoS3
@@ -238,3 +247,21 @@ def test_repeated_probes_reuse_one_check_of_the_store(
 
         for _ in range(5):
             assert readiness(client)[1]["components"]["artifact_store"]["status"] == "up"
+
+
+def test_a_bucket_that_does_not_exist_is_named_as_such_to_operators(
+    moto_s3: MotoS3, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        tmp_path / "var",
+        f"sqlite+aiosqlite:///{tmp_path / 'modelport.db'}",
+        artifact_store="s3://no-such-bucket/modelport",
+        s3_endpoint_url=moto_s3.endpoint_url,
+        s3_region=REGION,
+        s3_access_key_id=ACCESS_KEY_ID,
+        s3_secret_access_key=SECRET_ACCESS_KEY,
+    )
+
+    result = run(store_probe(settings).state())
+
+    assert (result.up, result.problem) == (False, "the bucket does not exist")

@@ -12,11 +12,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.metrics import mean_absolute_error, r2_score
-from sklearn.model_selection import train_test_split
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from modelport.datasets import service as datasets
@@ -128,6 +123,14 @@ def read_wine_csv(path: Path) -> WineData:
 
 def train_wine(data: WineData) -> TrainedWine:
     """RandomForest(100, seed 42) on an 80/20 split (seed 42), converted and checked in ONNX."""
+    # Imported here: the server imports this module for the signature, and scikit-learn with
+    # skl2onnx would add some 150 MB to every worker that never trains.
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.metrics import mean_absolute_error, r2_score
+    from sklearn.model_selection import train_test_split
+
     indices = np.arange(len(data.quality))
     train_idx, test_idx = train_test_split(indices, test_size=0.2, random_state=42)
     model = RandomForestRegressor(n_estimators=100, random_state=42, n_jobs=-1)

@@ -20,9 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -102,16 +99,13 @@ class Probe:
                 await self._running
 
 
+class StoreProblem(Exception):
+    """What an S3 check found, already worded for operators (see ``_s3_problem``)."""
+
+
 def _problem(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in {"404", "NoSuchBucket", "NotFound"}:
-            return "the bucket does not exist"
-        if code in {"403", "AccessDenied", "Forbidden"}:
-            return "access to the bucket is denied (check the credentials)"
-        return f"the store answered with an error ({code or 'unknown'})"
-    if isinstance(exc, BotoCoreError):
-        return "the store cannot be reached"
+    if isinstance(exc, StoreProblem):
+        return str(exc)
     if isinstance(exc, RedisError):
         return "Redis cannot be reached"
     if isinstance(exc, OSError) and not exc.errno:
@@ -129,10 +123,16 @@ def store_probe(settings: Settings) -> Probe:
     store_url = settings.artifact_store
     if urlsplit(store_url).scheme == "s3":
         bucket, _ = split_s3_store_url(store_url)
+        # Imported here, like the S3 store itself, so file:// deployments never load boto3.
+        from botocore.exceptions import BotoCoreError, ClientError
+
         client = _s3_probe_client(settings)
 
         async def check_bucket() -> None:
-            await asyncio.to_thread(client.head_bucket, Bucket=bucket)
+            try:
+                await asyncio.to_thread(client.head_bucket, Bucket=bucket)
+            except (BotoCoreError, ClientError) as exc:
+                raise StoreProblem(_s3_problem(exc)) from exc
 
         return Probe("artifact_store", check_bucket, ttl=settings.health_check_seconds)
     root = Path(unquote(urlsplit(store_url).path))
@@ -143,7 +143,23 @@ def store_probe(settings: Settings) -> Probe:
     return Probe("artifact_store", check_folder, ttl=settings.health_check_seconds)
 
 
+def _s3_problem(exc: Exception) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in {"404", "NoSuchBucket", "NotFound"}:
+            return "the bucket does not exist"
+        if code in {"403", "AccessDenied", "Forbidden"}:
+            return "access to the bucket is denied (check the credentials)"
+        return f"the store answered with an error ({code or 'unknown'})"
+    return "the store cannot be reached"  # a BotoCoreError: no answer from the endpoint
+
+
 def _s3_probe_client(settings: Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
     secret = settings.s3_secret_access_key
     session = boto3.session.Session(
         aws_access_key_id=settings.s3_access_key_id,

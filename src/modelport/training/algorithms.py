@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    GradientBoostingRegressor,
-    RandomForestClassifier,
-    RandomForestRegressor,
-)
-from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
-from sklearn.metrics import (
-    accuracy_score,
-    f1_score,
-    mean_absolute_error,
-    r2_score,
-    root_mean_squared_error,
-)
-from sklearn.model_selection import train_test_split
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
 
 Algorithm = Literal[
     "linear_regression", "ridge", "logistic_regression", "random_forest", "gradient_boosting"
@@ -76,7 +63,17 @@ def check_params(algorithm: str, params: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+# scikit-learn is imported inside build and fit_with_holdout: they run in the training child,
+# while the server imports this module only for the names and checks above.
 def build(algorithm: str, task: Task, params: dict[str, Any], seed: int) -> BaseEstimator:
+    from sklearn.ensemble import (
+        GradientBoostingClassifier,
+        GradientBoostingRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+
     if algorithm == "linear_regression":
         return LinearRegression(**params)
     if algorithm == "ridge":
@@ -104,6 +101,15 @@ def fit_with_holdout(
     test_size: float,
     seed: int,
 ) -> Trained:
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        mean_absolute_error,
+        r2_score,
+        root_mean_squared_error,
+    )
+    from sklearn.model_selection import train_test_split
+
     stratify = target if task == "classification" and _can_stratify(target, test_size) else None
     x_train, x_test, y_train, y_test = train_test_split(
         features, target, test_size=test_size, random_state=seed, stratify=stratify

@@ -8,7 +8,6 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Path, Query, Request, status
 from pydantic import ValidationError
-from sklearn.datasets import make_regression
 
 from modelport.auth.dependencies import Manager, priced
 from modelport.datasets.csv_import import parse_csv
@@ -118,12 +117,17 @@ async def train(
     response_model=SampleDataOut,
     summary="Synthetic regression data to try the train endpoint with",
 )
-async def sample_data(
+def sample_data(
     n: Annotated[int, Query(ge=10, le=10_000)] = 200,
     features: Annotated[int, Query(ge=1, le=50)] = 3,
     noise: Annotated[float, Query(ge=0, le=1000)] = 0.1,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> SampleDataOut:
+    # Imported on use (scikit-learn is some 150 MB a worker needs only if this route is called),
+    # and so a plain def: FastAPI runs it in a thread, and the first call's import of a second or
+    # so, like the generation, keeps off the event loop.
+    from sklearn.datasets import make_regression
+
     x, y, coefficients = make_regression(
         n_samples=n, n_features=features, noise=noise, coef=True, random_state=seed
     )
