@@ -22,7 +22,7 @@ from modelport.builtin.wine import TrainedWine
 from modelport.db.migrate import upgrade
 from modelport.images.decoding import to_tensor
 from modelport.settings import Settings
-from tests.cli.support import Server, free_port, make_wine_home, serve_processes
+from tests.cli.support import make_wine_home, serve_processes
 from tests.helpers import OPERATOR, WINE_ROW, settings_for, wait_until
 from tests.images.support import (
     CAT_CLASSES,
@@ -33,6 +33,7 @@ from tests.images.support import (
     coffee,
     register_classifier,
 )
+from tests.processes import Server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
