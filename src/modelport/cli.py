@@ -114,6 +114,7 @@ def serve(
         # uvicorn would believe X-Forwarded-For from 127.0.0.1 whatever the settings say; the
         # app reads it only from MODELPORT_TRUSTED_PROXIES, so the socket address reaches it.
         "proxy_headers": False,
+        "server_header": False,  # no "server: uvicorn": it tells an attacker what to look up
         "timeout_graceful_shutdown": int(settings.shutdown_flush_seconds) + 5,
         # uvicorn's httptools protocol with limits on connections, request heads and bodies.
         "http": limited_protocol(

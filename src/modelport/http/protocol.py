@@ -103,6 +103,47 @@ def refusal(
     )
 
 
+class _OneWriteResponses:
+    """The transport as one response cycle sees it: the response's head is held until its first
+    body write, and both leave in one write. uvicorn writes them apart, which costs every
+    response a second system call and the client a second packet to wake up for. Writes before
+    the head (``100 Continue``) and a HEAD request's head (no body follows) pass straight
+    through; a held head leaves with the next write, or at ``close``."""
+
+    __slots__ = ("_cycle", "_head", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.writelines([head, data])
+        elif not self._started and self._cycle.response_started:
+            self._started = True
+            if self._cycle.scope["method"] == "HEAD":
+                self._transport.write(data)
+            else:
+                self._head = data
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     def __init__(
         self,
@@ -214,6 +255,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # not an upgrade
+            cycle.transport = _OneWriteResponses(self.transport, cycle)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         # The next request's head starts with the next byte; its clock with that byte too.
