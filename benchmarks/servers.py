@@ -272,7 +272,8 @@ def modelport_production(
     work: Path, datasets_dir: Path, database_url: str, redis_url: str, workers: int = 2
 ) -> Iterator[Server]:
     """modelport as run in production: PostgreSQL, Redis, `--workers 2`, a user's API key (whose
-    rate limit an administrator raised so the load is not refused), prediction log on."""
+    rate limit an administrator raised so the load is not refused), prediction log on. Jobs run
+    elsewhere, as in compose.yaml and deploy/k8s (the API replicas do not poll for them)."""
     var = work / "production"
     var.mkdir(parents=True, exist_ok=True)
     log = work / "modelport-production.log"
@@ -281,6 +282,7 @@ def modelport_production(
         MODELPORT_DATASETS_DIR=str(datasets_dir),
         MODELPORT_DATABASE_URL=database_url,
         MODELPORT_REDIS_URL=redis_url,
+        MODELPORT_RUN_JOBS="false",
     )
     admin = ("admin@bench.example.com", secrets.token_urlsafe(24))
     user = ("user@bench.example.com", secrets.token_urlsafe(24))

@@ -221,6 +221,10 @@ def test_each_request_writes_one_json_access_line_with_its_request_id(
     assert (line["method"], line["path"], line["status"]) == ("POST", "/predict", 200)
     assert line["level"] == "INFO"
     assert line["duration_ms"] >= 0
+    # Written apart from logging's formatter, yet shaped like every other line.
+    other = next(entry for entry in lines if entry["logger"] != "modelport.access")
+    assert list(line)[:5] == list(other)[:5] == ["time", "level", "logger", "message", "request_id"]
+    assert len(line["time"]) == len(other["time"])
 
     [line] = access_lines(lines, refused.headers["x-request-id"])
     assert line["status"] == 413

@@ -103,12 +103,16 @@ def priced(work: Work) -> Any:
 def request_cost(request: Request, settings: Settings) -> int:
     """Tokens this request takes: 1 for a prediction or a read, more for heavier work; any
     multipart body is at least an upload, whichever route it is sent to."""
-    costs = {
-        "upload": settings.rate_limit_upload_cost,
-        "model_upload": settings.rate_limit_model_upload_cost,
-        "training": settings.rate_limit_training_cost,
-    }
-    cost = costs.get(getattr(request.state, "rate_limit_work", ""), 1)
+    # The request's state as a dict: a missing name costs no AttributeError (this runs on
+    # every request).
+    work = request.scope.get("state", {}).get("rate_limit_work")
+    cost = 1
+    if work == "upload":
+        cost = settings.rate_limit_upload_cost
+    elif work == "model_upload":
+        cost = settings.rate_limit_model_upload_cost
+    elif work == "training":
+        cost = settings.rate_limit_training_cost
     if is_multipart(request):
         cost = max(cost, settings.rate_limit_upload_cost)
     return cost
@@ -139,7 +143,7 @@ async def get_principal(
     request: Request, auth: AuthDep, credentials: Credentials, api_key: ApiKey
 ) -> Principal:
     """Identify the caller once per request, then apply their rate limit."""
-    principal: Principal | None = getattr(request.state, "principal", None)
+    principal: Principal | None = request.scope.get("state", {}).get("principal")
     if principal is not None:  # another of this route's dependencies already did
         return principal
     try:

@@ -20,9 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelport.http.headers import API_HEADERS, hardening_for, rate_limit_headers
 from modelport.http.protocol import ANSWERED_KEY, BODY_TIMEOUT_KEY, body_timeout_message
 from modelport.http.proxies import TrustedProxies
-from modelport.monitoring.logs import request_id_var
+from modelport.monitoring.logs import access_log, request_id_var
 
-logger = logging.getLogger("modelport.access")
 error_logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -286,12 +285,12 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _log(scope: Scope, status: int, started: float) -> None:
-        if not logger.isEnabledFor(logging.INFO):  # no record built when access logs are off
+        if not access_log.enabled():  # no line built when access logs are off
             return
         client = scope.get("client")
-        logger.info(
-            "request",
-            extra={
+        access_log.write(
+            scope["state"].get("request_id") or "",
+            {
                 "method": scope.get("method"),
                 "path": scope.get("path"),
                 "status": status,
