@@ -60,6 +60,10 @@ def create_app(settings: Settings) -> FastAPI:
         description="Serve trained models: validated REST predictions, a model registry and "
         "an audit log of every prediction.",
         lifespan=lifespan,
+        # Prometheus metrics and JSON logs are modelport's own; OpenTelemetry when asked for.
+        telemetry=None
+        if settings.opentelemetry
+        else {"tracing": False, "metrics": False, "logs": False},
     )
     # Added last runs first: the request context wraps everything (and adds the headers every
     # response carries); CORS, only when origins are configured, answers preflights inside it.

@@ -179,6 +179,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["json", "text"] = "json"
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry spans, metrics and logs, sent to the "
+        "providers the process configures (e.g. run under opentelemetry-instrument). Off by "
+        "default: looking for those providers costs every request.",
+    )
 
     max_request_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body.")
     max_batch_rows: int = Field(default=1000, ge=1, description="Most rows in one predict call.")
