@@ -71,9 +71,16 @@ def test_predict_clips_the_output_to_0_10(settings: Settings) -> None:
         batch = client.post(
             GENERIC, json={"inputs": [{**WINE_ROW, "alcohol": a} for a in alcohols]}
         )
+        # Past a few values the answer is named with numpy rather than plain Python.
+        large = client.post(
+            GENERIC, json={"inputs": [{**WINE_ROW, "alcohol": a} for a in alcohols * 10]}
+        )
 
     assert single == pytest.approx([0.0, 0.0, 8.0, 10.0])
     assert [p["predicted_quality"] for p in batch.json()["predictions"]] == pytest.approx(single)
+    assert [p["predicted_quality"] for p in large.json()["predictions"]] == pytest.approx(
+        single * 10
+    )
 
 
 def test_a_model_answering_nan_is_refused_not_served(settings: Settings) -> None:
@@ -84,6 +91,7 @@ def test_a_model_answering_nan_is_refused_not_served(settings: Settings) -> None
         served = client.post("/predict", json=strong)
         refused = client.post("/predict", json=weak)
         refused_batch = client.post(GENERIC, json={"inputs": [strong, weak]})
+        refused_large = client.post(GENERIC, json={"inputs": [strong] * 20 + [weak]})
         flush_log(client)  # the failed calls are logged like any other
 
     assert served.json()["predicted_quality"] == pytest.approx(2.0)
@@ -91,6 +99,8 @@ def test_a_model_answering_nan_is_refused_not_served(settings: Settings) -> None
     assert "NaN" in refused.json()["detail"]
     assert refused_batch.status_code == 503
     assert "row 1" in refused_batch.json()["detail"]
+    assert refused_large.status_code == 503
+    assert "row 20" in refused_large.json()["detail"]
 
 
 @pytest.mark.parametrize(
