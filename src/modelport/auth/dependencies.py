@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -216,6 +216,18 @@ _predict_caller = require_scope("predict")
 Predictor = Annotated[Principal, Depends(_predict_caller)]
 # What the prediction routes' docs say they accept, as FastAPI writes it for ``Predictor``.
 PREDICTOR_SECURITY: dict[str, Any] = {"security": [{"BearerJWT": []}, {"ApiKey": []}]}
+# The caller checks a route makes itself rather than as a dependency (``calls_predictor``), for
+# the OpenAPI description (``http.openapi``) to document as it does dependencies.
+CALLER_CHECKS = "modelport_caller_checks"
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def calls_predictor(endpoint: Endpoint) -> Endpoint:
+    """Marks a route that calls ``predictor`` itself: its docs then list the 401, 403 and 429
+    answers and whether anonymous callers may use it, as for a ``Predictor`` dependency."""
+    setattr(endpoint, CALLER_CHECKS, (_predict_caller,))
+    return endpoint
 
 
 async def predictor(request: Request) -> Principal:

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from modelport.auth.dependencies import PREDICTOR_SECURITY, predictor
+from modelport.auth.dependencies import PREDICTOR_SECURITY, calls_predictor, predictor
 from modelport.builtin.wine import WINE_MODEL_NAME, WINE_SIGNATURE
 from modelport.serving.batcher import TIMEOUT_HEADER
 from modelport.serving.router import PREDICT_ERRORS, json_body, json_response, request_id
@@ -37,6 +37,7 @@ _WINE_BODY = json_body(
     openapi_extra={**_WINE_BODY, **PREDICTOR_SECURITY},
     responses=PREDICT_ERRORS,
 )
+@calls_predictor
 async def predict_wine(request: Request) -> Response:
     # No FastAPI dependencies on the hot path: each costs more than the work it stands for.
     caller = await predictor(request)

@@ -28,6 +28,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from modelport.auth.dependencies import (
+    CALLER_CHECKS,
     get_principal,
     optional_operator,
     require_admin,
@@ -102,7 +103,8 @@ def _describe(document: dict[str, Any], app: FastAPI, settings: Settings) -> Non
     for route in _api_routes(app):
         if not route.include_in_schema:
             continue
-        calls = set(_calls(route.dependant))
+        # Dependencies, and the caller checks a route makes itself (auth.dependencies).
+        calls = set(_calls(route.dependant)) | set(getattr(route.endpoint, CALLER_CHECKS, ()))
         for method in route.methods:
             operation = document["paths"].get(route.path_format, {}).get(method.lower())
             if operation is not None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from modelport.auth.dependencies import PREDICTOR_SECURITY, predictor
+from modelport.auth.dependencies import PREDICTOR_SECURITY, calls_predictor, predictor
 from modelport.auth.principal import Principal
 from modelport.http.uploads import is_multipart, read_upload
 from modelport.images.service import ImageService
@@ -151,6 +151,7 @@ def create_router(example: Signature) -> APIRouter:
         openapi_extra=body,
         responses=PREDICT_ERRORS,
     )
+    @calls_predictor
     async def predict(name: ModelName, request: Request, alias: AliasQuery = None) -> Response:
         return await _answer(request, Target(name, alias=alias))
 
@@ -161,6 +162,7 @@ def create_router(example: Signature) -> APIRouter:
         openapi_extra=body,
         responses=PREDICT_ERRORS,
     )
+    @calls_predictor
     async def predict_version(
         name: ModelName,
         version: Annotated[int, Path(ge=1, le=1_000_000)],

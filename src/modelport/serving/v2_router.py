@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from modelport import __version__
-from modelport.auth.dependencies import PREDICTOR_SECURITY, Reader, predictor
+from modelport.auth.dependencies import PREDICTOR_SECURITY, Reader, calls_predictor, predictor
 from modelport.auth.principal import Principal
 from modelport.db.dependencies import EngineDep, SessionFactoryDep
 from modelport.db.engine import database_is_reachable
@@ -263,10 +263,12 @@ async def _infer(request: Request, target: Target) -> Response:
     return Response(body, headers=headers)
 
 
+@calls_predictor
 async def infer(name: ModelName, request: Request) -> Response:
     return await _infer(request, Target(name))
 
 
+@calls_predictor
 async def infer_version(
     name: ModelName,
     version: VersionPath,
