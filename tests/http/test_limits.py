@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import selectors
 import socket
 import statistics
@@ -485,3 +486,34 @@ def test_too_many_headers_are_answered_431_by_the_middleware() -> None:
     status, _, body = asyncio.run(call(limited_app(), "/echo", headers, b""))
     assert status == 431
     assert body["detail"] == "the request has more than 10 headers"
+
+
+def test_heads_and_bodies_arrive_whole_for_pipelined_head_and_expect_continue_requests(
+    server: Server,
+) -> None:
+    """The protocol sends a response's head and body in one write: every kind of response
+    still arrives whole (HEAD has no body, 100 Continue comes before the head)."""
+    body = json.dumps(WINE_ROW).encode()
+    post = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with connect(server) as sock:
+        sock.sendall(
+            post * 3 + b"HEAD /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200 OK") == 3
+    assert answers.count(b'"predicted_quality"') == 3
+    assert b"HTTP/1.1 405" in answers.split(b"HTTP/1.1 200 OK")[-1]  # HEAD answered, no body
+    assert b"server: uvicorn" not in answers.lower()
+
+    with connect(server) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")  # before any body is sent
+        sock.sendall(body)
+        answer = read_until_closed(sock)
+    assert status_of(answer) == 200 and b'"predicted_quality"' in answer

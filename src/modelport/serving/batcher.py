@@ -417,24 +417,15 @@ class Batcher:
         rows = int(features.shape[0])
         if not self._quick(runtime, rows):
             return None
-        stop = RunStop()
-        self._inline_guard.begin(stop)
-        started = time.perf_counter()
-        failure: Exception | None = None
-        try:
-            outputs: Outputs = runtime.predict_outputs(features, stop)
-        except Exception as exc:  # the caller's alone: raised once counted
-            failure = exc
-        finally:
-            self._inline_guard.end()
-        if stop.message == _MOVE_TO_POOL:  # turned out slow: never inline again, queue it
-            self._costs[runtime] = math.inf
+        result = self._run_inline(runtime, [features])
+        if result is None:  # turned out slow: queue it
             return None
         count_batch(name, rows, 1)
-        self._learn_cost(runtime, rows, time.perf_counter() - started)
-        if failure is not None:
-            raise failure
-        return outputs
+        self._learn_cost(runtime, rows, result[1])
+        [outcome] = result[0]
+        if isinstance(outcome, Exception):  # the caller's alone
+            raise outcome
+        return outcome
 
     def _finished(
         self,
